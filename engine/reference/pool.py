@@ -1,0 +1,114 @@
+"""Pooling, the spec: float64 NumPy.
+
+x (N, C, H, W) -> y (N, C, P, Q), P = (H + 2*ph - R) // sh + 1 (floor mode, as PyTorch's
+default; ceil_mode is not supported). Windows may overlap (3x3 stride 2, as AlexNet) or
+leave gaps (stride > kernel); cells no window reaches get a zero gradient.
+
+Conventions, fixed here for every backend (they are PyTorch's):
+
+* max pooling pads with -inf, so a padded cell never wins;
+* the winner is the FIRST cell in row-major window order among equal maxima (a strict
+  '>' while scanning), except that a NaN always takes over, so NaN propagates;
+* argmax is int32, the flat index h*W + w of the winner in its (n, c) plane; it starts
+  at the window's first in-bounds cell, so even an all -inf window names a real cell;
+* max-pool backward adds dy into dx at argmax, summing where overlapping windows share
+  a winner;
+* avg pooling with count_include_pad=True divides by R*S (padded zeros count); with
+  False, by the number of in-bounds cells of the window.
+
+Every function accepts any float arrays, computes in float64 and returns float64
+(argmax int32); ``out=`` receives the result when given.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from engine.reference.conv import output_size
+
+
+def _windows(h: int, w: int, kernel, stride, padding):
+    """Yield (r, s, rows, cols): for kernel tap (r, s), the input row of each output row p
+    and the input column of each output column q (unpadded coordinates, may be out of bounds)."""
+    (r_, s_), (sh, sw), (ph, pw) = kernel, stride, padding
+    p, q = output_size(h, w, kernel, stride, padding)
+    for r in range(r_):
+        for s in range(s_):
+            yield r, s, np.arange(p) * sh + r - ph, np.arange(q) * sw + s - pw
+
+
+def _deliver(result, out):
+    if out is None:
+        return result
+    out[...] = result
+    return out
+
+
+def max_pool2d_forward(x, kernel, stride, padding, out=None):
+    """x (N, C, H, W) -> (y (N, C, P, Q) float64, argmax (N, C, P, Q) int32)."""
+    x = np.asarray(x, dtype=np.float64)
+    n, c, h, w = x.shape
+    p, q = output_size(h, w, kernel, stride, padding)
+    (sh, sw), (ph, pw) = stride, padding
+    y = np.full((n, c, p, q), -np.inf)
+    # each window's first in-bounds cell: the argmax if nothing beats -inf
+    first_h = np.maximum(np.arange(p) * sh - ph, 0)
+    first_w = np.maximum(np.arange(q) * sw - pw, 0)
+    arg = np.broadcast_to((first_h[:, None] * w + first_w[None, :]).astype(np.int64), (n, c, p, q)).copy()
+    for _, _, rows, cols in _windows(h, w, kernel, stride, padding):  # row-major window order
+        inside = ((rows >= 0) & (rows < h))[:, None] & ((cols >= 0) & (cols < w))[None, :]  # (P, Q)
+        v = x[:, :, np.clip(rows, 0, h - 1)][:, :, :, np.clip(cols, 0, w - 1)]  # (N, C, P, Q)
+        v = np.where(inside, v, -np.inf)  # padding is -inf: never wins
+        wins = (v > y) | np.isnan(v)  # strict '>': ties keep the earlier cell
+        y = np.where(wins, v, y)
+        arg = np.where(wins, rows[:, None] * w + cols[None, :], arg)
+    if out is None:
+        return y, arg.astype(np.int32)
+    out[0][...] = y
+    out[1][...] = arg
+    return out
+
+
+def max_pool2d_backward(dy, argmax, x_shape, out=None):
+    """dy (N, C, P, Q), argmax (N, C, P, Q) -> dx (N, C, H, W), dy added at each argmax."""
+    dy = np.asarray(dy, dtype=np.float64)
+    n, c, h, w = x_shape
+    dx = np.zeros((n * c, h * w))
+    planes = np.arange(n * c)[:, None]  # (N*C, 1): which plane each window belongs to
+    np.add.at(dx, (planes, np.asarray(argmax).reshape(n * c, -1)), dy.reshape(n * c, -1))
+    return _deliver(dx.reshape(n, c, h, w), out)
+
+
+def _divisor(h, w, kernel, stride, padding, count_include_pad) -> np.ndarray:
+    """(P, Q) count each window's sum is divided by."""
+    p, q = output_size(h, w, kernel, stride, padding)
+    if count_include_pad:
+        return np.full((p, q), float(kernel[0] * kernel[1]))
+    count = np.zeros((p, q))
+    for _, _, rows, cols in _windows(h, w, kernel, stride, padding):
+        count += ((rows >= 0) & (rows < h))[:, None] & ((cols >= 0) & (cols < w))[None, :]
+    return count
+
+
+def avg_pool2d_forward(x, kernel, stride, padding, count_include_pad=True, out=None):
+    """x (N, C, H, W) -> y (N, C, P, Q): mean over each window, padding counted as zeros."""
+    x = np.asarray(x, dtype=np.float64)
+    n, c, h, w = x.shape
+    (ph, pw) = padding
+    xpad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    p, q = output_size(h, w, kernel, stride, padding)
+    total = np.zeros((n, c, p, q))
+    for _, _, rows, cols in _windows(h, w, kernel, stride, padding):
+        total += xpad[:, :, rows + ph][:, :, :, cols + pw]
+    return _deliver(total / _divisor(h, w, kernel, stride, padding, count_include_pad), out)
+
+
+def avg_pool2d_backward(dy, x_shape, kernel, stride, padding, count_include_pad=True, out=None):
+    """dy (N, C, P, Q) -> dx (N, C, H, W): each window's dy / divisor spread over its cells."""
+    n, c, h, w = x_shape
+    (ph, pw) = padding
+    share = np.asarray(dy, dtype=np.float64) / _divisor(h, w, kernel, stride, padding, count_include_pad)
+    dxpad = np.zeros((n, c, h + 2 * ph, w + 2 * pw))
+    for _, _, rows, cols in _windows(h, w, kernel, stride, padding):
+        # within one tap every window meets a different cell, so a plain += sums correctly
+        dxpad[:, :, (rows + ph)[:, None], (cols + pw)[None, :]] += share
+    return _deliver(dxpad[:, :, ph:ph + h, pw:pw + w], out)
