@@ -1,0 +1,77 @@
+"""Dense layers and bias gradients on the CPU: BLAS (np.dot) for the products, Numba for
+the rest. Same ops and layouts as engine.reference.linear (the spec). float32 in, float32 out.
+
+x (N, I), w (O, I), b (O,), y (N, O) = x @ w.T + b. Transposed operands are handed to
+BLAS as they are (np.dot passes the transpose flag instead of copying).
+"""
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+
+def _dot(a, b, shape, out):
+    """a @ b into out (allocated when None); returns it."""
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    np.dot(a, b, out=out)
+    return out
+
+
+@nb.njit(cache=True, parallel=True)
+def _add_bias_rows(y, b):
+    # y (N, O) += b (O,) broadcast over rows
+    for i in nb.prange(y.shape[0]):
+        for j in range(y.shape[1]):
+            y[i, j] += b[j]
+
+
+@nb.njit(cache=True, parallel=True)
+def _sum_but_axis1(dy, db):
+    # dy (A, K, B) -> db (K,): float64 accumulation in a fixed order, one channel per task
+    a_, k_, b_ = dy.shape
+    for k in nb.prange(k_):
+        acc = 0.0
+        for a in range(a_):
+            for i in range(b_):
+                acc += dy[a, k, i]
+        db[k] = acc
+
+
+@nb.njit(cache=True, parallel=True)
+def _add_kernel(a, b, out):
+    for i in nb.prange(a.size):
+        out[i] = a[i] + b[i]
+
+
+def linear_forward(x, w, b, out=None):
+    """x (N, I), w (O, I), b (O,) or None -> y (N, O) = x @ w.T + b."""
+    y = _dot(x, w.T, (x.shape[0], w.shape[0]), out)
+    if b is not None:
+        _add_bias_rows(y, b)
+    return y
+
+
+def linear_backward_data(dy, w, out=None):
+    """dy (N, O), w (O, I) -> dx (N, I) = dy @ w."""
+    return _dot(dy, w, (dy.shape[0], w.shape[1]), out)
+
+
+def linear_backward_weight(dy, x, out=None):
+    """dy (N, O), x (N, I) -> dw (O, I) = dy.T @ x."""
+    return _dot(dy.T, x, (dy.shape[1], x.shape[1]), out)
+
+
+def bias_backward(dy, out=None):
+    """dy (N, O) or (N, K, ...) -> db (O,) or (K,): dy summed over every axis but axis 1."""
+    n, k = dy.shape[0], dy.shape[1]
+    db = np.empty(k, dtype=np.float32) if out is None else out
+    _sum_but_axis1(dy.reshape(n, k, -1), db)
+    return db
+
+
+def add(a, b, out=None):
+    """a + b for two arrays of one shape."""
+    result = np.empty(a.shape, dtype=np.float32) if out is None else out
+    _add_kernel(a.reshape(-1), b.reshape(-1), result.reshape(-1))
+    return result
