@@ -69,7 +69,8 @@ NCHW = "(N, C, H, W)"
 
 def _backend(op: str, floats: dict, others: dict | None = None):
     """Check the arrays of one call share a device (and the float ones a dtype); the
-    backend that runs them. None entries (an absent bias) are skipped."""
+    backend that runs them. None entries (an absent bias) are skipped. Called after
+    every other check of an op: nothing reaches a backend unchecked."""
     C.same_device(op, **floats, **(others or {}))
     C.same_dtype(op, **floats)
     present = [a for a in (*floats.values(), *(others or {}).values()) if a is not None]
@@ -84,9 +85,9 @@ def _optional_bias(op: str, bias, channels: int):
     return bias
 
 
-def _grad_output(op: str, dy, shape, ndim=None):
+def _grad_output(op: str, dy, shape):
     """dy must be a float array of exactly the forward output's shape."""
-    dy = C.float_array(op, "grad_output", dy, ndim if ndim is not None else len(shape))
+    dy = C.float_array(op, "grad_output", dy)
     C.same_shape(op, "grad_output", dy.shape, "the forward output", shape)
     return dy
 
@@ -104,9 +105,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     x = C.float_array(op, "input", x, 4, NCHW)
     weight = C.float_array(op, "weight", weight, 4, "(K, C, R, S)")
     bias = _optional_bias(op, bias, weight.shape[0])
-    be = _backend(op, dict(input=x, weight=weight, bias=bias))
     C.conv2d_output_shape(op, x.shape, weight.shape, stride, padding)
     stride, padding = C.pair(op, "stride", stride), C.pair(op, "padding", padding)
+    be = _backend(op, dict(input=x, weight=weight, bias=bias))
     return be.conv2d_forward(x, weight, bias, stride, padding)
 
 
@@ -163,8 +164,9 @@ def linear_backward(dy, x, weight, need_input_grad=True, need_bias_grad=True):
 def max_pool2d(x, kernel_size, stride=None, padding=0, return_indices=False):
     """Max over each window: x (N, C, H, W) -> y (N, C, P, Q); stride defaults to the
     kernel. With return_indices=True, (y, indices) as max_pool2d_forward."""
+    return_indices = C.boolean("max_pool2d", "return_indices", return_indices)
     y, indices = max_pool2d_forward(x, kernel_size, stride, padding)
-    return (y, indices) if C.boolean("max_pool2d", "return_indices", return_indices) else y
+    return (y, indices) if return_indices else y
 
 
 def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
@@ -186,6 +188,7 @@ def max_pool2d_backward(dy, indices, x_shape):
     if dy.shape[:2] != x_shape[:2]:
         raise ValueError(f"{op}: grad_output has (N, C) = {dy.shape[:2]} but x_shape has "
                          f"{x_shape[:2]}")
+    C.same_device(op, grad_output=dy, indices=indices)
     C.index_range(op, "index", indices, x_shape[2] * x_shape[3])  # a bad one writes out of bounds
     be = _backend(op, dict(grad_output=dy), dict(indices=indices))
     if indices.dtype != np.int32:  # the kernels' index type; the range check made this safe
@@ -478,6 +481,7 @@ def cross_entropy_forward(logits, labels):
     if labels.shape[0] != logits.shape[0]:
         raise ValueError(f"{op}: logits has batch size {logits.shape[0]} but labels has "
                          f"{labels.shape[0]}")
+    C.same_device(op, logits=logits, labels=labels)
     C.index_range(op, "label", labels, logits.shape[1])
     be = _backend(op, dict(logits=logits), dict(labels=labels))
     return be.softmax_cross_entropy_forward(logits, labels)
