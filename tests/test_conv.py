@@ -1,0 +1,261 @@
+"""conv family: im2col, col2im, gemm, conv2d forward / backward data / backward weight.
+
+The float64 reference (engine.reference.conv) is the spec. It is pinned to PyTorch's
+conventions where torch is installed, its backward ops are checked against central finite
+differences, and the Numba float32 ops (engine.cpu.conv) are checked against it on 100
+seeded random configurations per op: batch 1, odd and non-square sizes and kernels,
+strides larger than the kernel, padding up to kernel - 1, many channels.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.cpu import conv as fast
+from engine.reference import conv as ref
+from engine.tolerances import assert_close, tol
+from tests.helpers import numerical_grad, rng_for
+
+N_CONFIGS = 100
+
+
+def conv_config(seed: int) -> dict:
+    """One random convolution problem, small enough that 100 of them run in seconds."""
+    rng = rng_for(seed)
+    r, s = (int(v) for v in rng.integers(1, 6, size=2))
+    sh, sw = (int(v) for v in rng.integers(1, 5, size=2))      # up to 4: often > kernel
+    ph, pw = int(rng.integers(0, r)), int(rng.integers(0, s))  # up to kernel - 1
+    h = int(rng.integers(max(1, r - 2 * ph), r + 9))           # at least one output row
+    w = int(rng.integers(max(1, s - 2 * pw), s + 9))
+    return dict(n=int(rng.choice([1, 1, 2, 3])), c=int(rng.choice([1, 2, 3, 5, 16])),
+                k=int(rng.choice([1, 2, 4, 7, 16])), h=h, w=w, kernel=(r, s),
+                stride=(sh, sw), padding=(ph, pw), seed=seed)
+
+
+def draw(cfg: dict):
+    """float32 x (N, C, H, W), w (K, C, R, S), b (K,) and dy (N, K, P, Q) for a config."""
+    rng = rng_for(cfg["seed"] + 10_000)
+    (r, s) = cfg["kernel"]
+    p, q = ref.output_size(cfg["h"], cfg["w"], cfg["kernel"], cfg["stride"], cfg["padding"])
+    x = rng.standard_normal((cfg["n"], cfg["c"], cfg["h"], cfg["w"])).astype(np.float32)
+    w = rng.standard_normal((cfg["k"], cfg["c"], r, s)).astype(np.float32)
+    b = rng.standard_normal(cfg["k"]).astype(np.float32)
+    dy = rng.standard_normal((cfg["n"], cfg["k"], p, q)).astype(np.float32)
+    return x, w, b, dy
+
+
+def describe(cfg: dict) -> str:
+    return (f"x ({cfg['n']}, {cfg['c']}, {cfg['h']}, {cfg['w']}) k={cfg['k']} kernel={cfg['kernel']} "
+            f"stride={cfg['stride']} padding={cfg['padding']} seed={cfg['seed']}")
+
+
+CONFIGS = [conv_config(seed) for seed in range(N_CONFIGS)]
+
+
+def test_configs_cover_the_hard_cases():
+    # guards the generator itself: a silent change must not drop the cases the brief asks for
+    assert any(c["n"] == 1 for c in CONFIGS)
+    assert any(c["h"] != c["w"] for c in CONFIGS)
+    assert any(c["kernel"][0] != c["kernel"][1] for c in CONFIGS)
+    assert any(c["stride"][0] > c["kernel"][0] for c in CONFIGS)
+    assert any(c["padding"][0] == c["kernel"][0] - 1 > 0 for c in CONFIGS)
+    assert any(c["c"] >= 16 and c["k"] >= 16 for c in CONFIGS)
+    assert any(c["h"] % 2 == 1 for c in CONFIGS)
+
+
+# ------------------------------------------------------------------ Numba vs reference
+
+
+def test_im2col_matches_reference():
+    for cfg in CONFIGS:
+        x, *_ = draw(cfg)
+        args = (cfg["kernel"], cfg["stride"], cfg["padding"])
+        cols = fast.im2col(x, *args)
+        assert cols.dtype == np.float32
+        assert_close(cols, ref.im2col(x, *args), **tol("conv"), what=f"im2col {describe(cfg)}")
+
+
+def test_col2im_matches_reference():
+    for cfg in CONFIGS:
+        x, *_ = draw(cfg)
+        args = (cfg["kernel"], cfg["stride"], cfg["padding"])
+        cols = rng_for(cfg["seed"]).standard_normal(ref.im2col(x, *args).shape).astype(np.float32)
+        dx = fast.col2im(cols, x.shape, *args)
+        assert dx.dtype == np.float32
+        assert_close(dx, ref.col2im(cols, x.shape, *args), **tol("conv"), what=f"col2im {describe(cfg)}")
+
+
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_gemm_matches_reference(trans_a, trans_b):
+    for seed in range(N_CONFIGS // 4):  # 4 transpose cases x 25 shapes = 100 configurations
+        rng = rng_for(seed)
+        m, k, n = (int(v) for v in rng.integers(1, 70, size=3))
+        a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+        b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+        c = fast.gemm(a, b, trans_a, trans_b)
+        assert c.shape == (m, n) and c.dtype == np.float32
+        assert_close(c, ref.gemm(a, b, trans_a, trans_b), **tol("gemm"),
+                     what=f"gemm m={m} k={k} n={n} trans_a={trans_a} trans_b={trans_b}")
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_conv2d_forward_matches_reference(with_bias):
+    for cfg in CONFIGS:
+        x, w, b, _ = draw(cfg)
+        b = b if with_bias else None
+        y = fast.conv2d_forward(x, w, b, cfg["stride"], cfg["padding"])
+        assert y.dtype == np.float32
+        assert_close(y, ref.conv2d_forward(x, w, b, cfg["stride"], cfg["padding"]), **tol("conv"),
+                     what=f"conv2d_forward bias={with_bias} {describe(cfg)}")
+
+
+def test_conv2d_backward_data_matches_reference():
+    for cfg in CONFIGS:
+        x, w, _, dy = draw(cfg)
+        dx = fast.conv2d_backward_data(dy, w, x.shape, cfg["stride"], cfg["padding"])
+        assert dx.shape == x.shape and dx.dtype == np.float32
+        assert_close(dx, ref.conv2d_backward_data(dy, w, x.shape, cfg["stride"], cfg["padding"]),
+                     **tol("conv"), what=f"conv2d_backward_data {describe(cfg)}")
+
+
+def test_conv2d_backward_weight_matches_reference():
+    for cfg in CONFIGS:
+        x, w, _, dy = draw(cfg)
+        dw = fast.conv2d_backward_weight(dy, x, w.shape, cfg["stride"], cfg["padding"])
+        assert dw.shape == w.shape and dw.dtype == np.float32
+        assert_close(dw, ref.conv2d_backward_weight(dy, x, w.shape, cfg["stride"], cfg["padding"]),
+                     **tol("conv"), what=f"conv2d_backward_weight {describe(cfg)}")
+
+
+def test_conv2d_at_lenet_shape_matches_reference():
+    # one realistic size, where the batch-wide GEMM and the parallel loops really split work
+    rng = rng_for(7)
+    x = rng.standard_normal((32, 6, 14, 14)).astype(np.float32)
+    w = rng.standard_normal((16, 6, 5, 5)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    dy = rng.standard_normal((32, 16, 10, 10)).astype(np.float32)
+    st, pd = (1, 1), (0, 0)
+    assert_close(fast.conv2d_forward(x, w, b, st, pd), ref.conv2d_forward(x, w, b, st, pd), **tol("conv"),
+                 what="conv2d_forward lenet conv2")
+    assert_close(fast.conv2d_backward_data(dy, w, x.shape, st, pd), ref.conv2d_backward_data(dy, w, x.shape, st, pd),
+                 **tol("conv"), what="conv2d_backward_data lenet conv2")
+    assert_close(fast.conv2d_backward_weight(dy, x, w.shape, st, pd),
+                 ref.conv2d_backward_weight(dy, x, w.shape, st, pd), **tol("conv"),
+                 what="conv2d_backward_weight lenet conv2")
+
+
+# ------------------------------------------------------------------ reference vs calculus
+
+GRAD_CONFIGS = [  # (n, c, h, w, k, kernel, stride, padding): small, so finite differences stay fast
+    (1, 1, 5, 5, 1, (3, 3), (1, 1), (0, 0)),
+    (2, 2, 5, 6, 3, (3, 2), (2, 1), (1, 1)),
+    (1, 3, 6, 4, 2, (2, 3), (3, 2), (1, 2)),
+    (2, 1, 7, 5, 2, (1, 1), (2, 3), (0, 0)),
+    (1, 2, 4, 4, 2, (4, 4), (1, 1), (3, 3)),
+]
+
+
+@pytest.mark.parametrize("n,c,h,w,k,kernel,stride,padding", GRAD_CONFIGS)
+def test_reference_backward_matches_finite_differences(n, c, h, w, k, kernel, stride, padding):
+    rng = rng_for(h * 100 + w)
+    x = rng.standard_normal((n, c, h, w))
+    wt = rng.standard_normal((k, c, *kernel))
+    b = rng.standard_normal(k)
+    dy = rng.standard_normal(ref.conv2d_forward(x, wt, b, stride, padding).shape)
+    g = tol("gradcheck", "float64")
+
+    num_dx = numerical_grad(lambda v: ref.conv2d_forward(v, wt, b, stride, padding), x, dy)
+    assert_close(ref.conv2d_backward_data(dy, wt, x.shape, stride, padding), num_dx, **g, what="dx")
+    num_dw = numerical_grad(lambda v: ref.conv2d_forward(x, v, b, stride, padding), wt, dy)
+    assert_close(ref.conv2d_backward_weight(dy, x, wt.shape, stride, padding), num_dw, **g, what="dw")
+
+    # col2im is the gradient of im2col (im2col is linear, col2im its adjoint)
+    dcols = rng.standard_normal(ref.im2col(x, kernel, stride, padding).shape)
+    num = numerical_grad(lambda v: ref.im2col(v, kernel, stride, padding), x, dcols)
+    assert_close(ref.col2im(dcols, x.shape, kernel, stride, padding), num, **g, what="col2im")
+
+
+def test_reference_conv_is_im2col_then_gemm():
+    # the two halves of the spec (direct tap sums, im2col layout) must describe one convolution
+    for cfg in CONFIGS[:20]:
+        x, w, b, _ = draw(cfg)
+        cols = ref.im2col(x, cfg["kernel"], cfg["stride"], cfg["padding"])  # (N, CRS, PQ)
+        y = np.einsum("kj,njl->nkl", w.reshape(w.shape[0], -1).astype(np.float64), cols)
+        expected = ref.conv2d_forward(x, w, None, cfg["stride"], cfg["padding"])
+        assert_close(y.reshape(expected.shape), expected, **tol("gradcheck", "float64"), what=describe(cfg))
+
+
+# ------------------------------------------------------------------ reference vs PyTorch
+
+TORCH_CASES = [  # (n, c, h, w, k, kernel, stride, padding)
+    (2, 3, 9, 8, 4, (3, 2), (2, 3), (1, 1)),
+    (1, 1, 28, 28, 6, (5, 5), (1, 1), (2, 2)),
+    (3, 6, 14, 14, 16, (5, 5), (1, 1), (0, 0)),
+    (2, 3, 23, 19, 5, (11, 11), (4, 4), (2, 2)),
+]
+
+
+@pytest.mark.parametrize("n,c,h,w,k,kernel,stride,padding", TORCH_CASES)
+def test_reference_matches_torch(n, c, h, w, k, kernel, stride, padding):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rng = rng_for(n + c + h)
+    x = rng.standard_normal((n, c, h, w))
+    wt = rng.standard_normal((k, c, *kernel))
+    b = rng.standard_normal(k)
+    xt, wtt, bt = (torch.tensor(a, requires_grad=True) for a in (x, wt, b))
+    yt = F.conv2d(xt, wtt, bt, stride=stride, padding=padding)
+    dy = rng.standard_normal(tuple(yt.shape))
+    dxt, dwt, dbt = torch.autograd.grad(yt, (xt, wtt, bt), torch.tensor(dy))
+    g = tol("gradcheck", "float64")
+    assert_close(ref.conv2d_forward(x, wt, b, stride, padding), yt.detach().numpy(), **g, what="y")
+    assert_close(ref.conv2d_backward_data(dy, wt, x.shape, stride, padding), dxt.numpy(), **g, what="dx")
+    assert_close(ref.conv2d_backward_weight(dy, x, wt.shape, stride, padding), dwt.numpy(), **g, what="dw")
+    # F.unfold's layout is ours: (N, C*R*S, P*Q), rows c-major then r then s; F.fold is col2im
+    cols = F.unfold(torch.tensor(x), kernel, padding=padding, stride=stride).numpy()
+    assert_close(ref.im2col(x, kernel, stride, padding), cols, **g, what="im2col")
+    folded = F.fold(torch.tensor(cols), (h, w), kernel, padding=padding, stride=stride).numpy()
+    assert_close(ref.col2im(cols, x.shape, kernel, stride, padding), folded, **g, what="col2im")
+
+
+# ------------------------------------------------------------------ out= and determinism
+
+OUT_CFG = dict(n=2, c=3, h=9, w=7, k=4, kernel=(3, 2), stride=(2, 1), padding=(1, 1), seed=3)
+BIG_CFG = dict(n=16, c=6, h=14, w=14, k=16, kernel=(5, 5), stride=(1, 1), padding=(2, 2), seed=5)
+
+
+def _calls(module, cfg):
+    """(name, call(out)) for every conv op of a backend on the config's float32 data."""
+    x, w, b, dy = draw(cfg)
+    kernel, stride, padding = cfg["kernel"], cfg["stride"], cfg["padding"]
+    cols = ref.im2col(x, kernel, stride, padding).astype(np.float32)
+    a = rng_for(cfg["seed"]).standard_normal((48, 64)).astype(np.float32)
+    return [
+        ("im2col", lambda out: module.im2col(x, kernel, stride, padding, out=out)),
+        ("col2im", lambda out: module.col2im(cols, x.shape, kernel, stride, padding, out=out)),
+        ("gemm", lambda out: module.gemm(a, a, True, False, out=out)),
+        ("conv2d_forward", lambda out: module.conv2d_forward(x, w, b, stride, padding, out=out)),
+        ("conv2d_backward_data", lambda out: module.conv2d_backward_data(dy, w, x.shape, stride, padding, out=out)),
+        ("conv2d_backward_weight",
+         lambda out: module.conv2d_backward_weight(dy, x, w.shape, stride, padding, out=out)),
+    ]
+
+
+@pytest.mark.parametrize("module,dtype", [(fast, np.float32), (ref, np.float64)], ids=["numba", "reference"])
+def test_out_is_written_in_place(module, dtype):
+    for name, call in _calls(module, OUT_CFG):
+        expected = call(None)
+        assert expected.dtype == dtype, f"{name}: dtype {expected.dtype}, expected {dtype}"
+        out = np.full(expected.shape, np.nan, dtype=dtype)  # NaN: any cell left unwritten shows
+        result = call(out)
+        assert result is out, f"{name}: returned a new array instead of out"
+        np.testing.assert_array_equal(out, expected, err_msg=f"{name}: out= differs from the allocated result")
+
+
+def test_numba_is_deterministic():
+    # bitwise equal on repeated runs, at a size where the parallel loops and BLAS split work
+    for name, call in _calls(fast, BIG_CFG):
+        first = call(None)
+        for _ in range(3):
+            np.testing.assert_array_equal(call(None), first, err_msg=f"{name}: differs between runs")
