@@ -1,0 +1,160 @@
+"""Checkpoints: one .npz file per save, written atomically, read without pickle.
+
+A state is a tree of dicts (string keys), lists and tuples whose leaves are NumPy arrays,
+NumPy scalars, ints (any size: PCG64 states are 128-bit), floats (NaN/inf included),
+bools, strings and None. That covers weights, optimizer buffers, step counters, the
+loader's ``get_state()`` and ``np.random.Generator.bit_generator.state``.
+
+File layout (an ordinary ``np.savez`` archive, readable with ``np.load``):
+
+    "__checkpoint__"   uint8 bytes of a UTF-8 JSON document
+                       {"format": "engine-checkpoint", "version": 1, "state": <tree>}
+    "a0", "a1", ...    the arrays, in the order they occur in the tree
+
+In the JSON tree an array is ``{"__array__": "a3"}``, a NumPy scalar is
+``{"__array__": "a4", "scalar": true}`` and a tuple is ``{"__tuple__": [...]}``; a user dict
+may not use those two keys. Loading uses ``allow_pickle=False``, so a checkpoint can never
+run code, and object arrays are refused when saving.
+
+Atomicity: the archive is written to a temporary file in the destination's directory,
+flushed and fsynced, then moved over the destination with ``os.replace`` (atomic on POSIX
+and Windows within one file system). A crash at any point before the rename leaves the
+previous checkpoint untouched; at worst a stray ``.<name>.*.tmp`` file remains.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+__all__ = ["save_checkpoint", "load_checkpoint"]
+
+FORMAT, VERSION = "engine-checkpoint", 1
+_META = "__checkpoint__"
+_ARRAY, _TUPLE = "__array__", "__tuple__"
+
+
+def _encode(value, arrays: dict, where: str):
+    """The JSON-able form of value; arrays are moved into `arrays` (name -> ndarray)."""
+    if type(value).__module__.startswith("cupy"):  # a device array: store its host copy
+        value = value.get()
+    if isinstance(value, np.ndarray) or isinstance(value, np.generic):
+        array = np.asarray(value)
+        if array.dtype.hasobject:
+            raise TypeError(f"save_checkpoint: {where} is an object array, which cannot be stored "
+                            "without pickle; convert it to a numeric or string dtype")
+        name = f"a{len(arrays)}"
+        arrays[name] = array
+        return {_ARRAY: name, "scalar": True} if isinstance(value, np.generic) else {_ARRAY: name}
+    if isinstance(value, dict):
+        encoded = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"save_checkpoint: {where} has a key {key!r} of type "
+                                f"{type(key).__name__}; keys must be strings")
+            if key in (_ARRAY, _TUPLE):
+                raise ValueError(f"save_checkpoint: {where} uses the reserved key {key!r}")
+            encoded[key] = _encode(item, arrays, f"{where}[{key!r}]")
+        return encoded
+    if isinstance(value, tuple):
+        return {_TUPLE: [_encode(v, arrays, f"{where}[{i}]") for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [_encode(v, arrays, f"{where}[{i}]") for i, v in enumerate(value)]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"save_checkpoint: {where} is a {type(value).__name__}; a checkpoint holds dicts, "
+                    "lists, tuples, NumPy arrays and scalars, int, float, bool, str and None")
+
+
+def _decode(node, arrays, path: str):
+    if isinstance(node, list):
+        return [_decode(v, arrays, path) for v in node]
+    if not isinstance(node, dict):
+        return node
+    if _TUPLE in node:
+        return tuple(_decode(v, arrays, path) for v in node[_TUPLE])
+    if _ARRAY in node:
+        name = node[_ARRAY]
+        if name not in arrays:
+            raise ValueError(f"load_checkpoint: {path} is corrupt: it refers to array {name!r}, "
+                             "which the file does not hold")
+        array = arrays[name]
+        return array[()] if node.get("scalar") else array
+    return {key: _decode(v, arrays, path) for key, v in node.items()}
+
+
+def save_checkpoint(path, state: dict) -> None:
+    """Write `state` to `path` (the exact name given; no extension added) atomically."""
+    if not isinstance(state, dict):
+        raise TypeError(f"save_checkpoint: state must be a dict, got {type(state).__name__}")
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"save_checkpoint: the directory {directory} of {path} does not exist")
+    arrays: dict[str, np.ndarray] = {}
+    tree = _encode(state, arrays, "state")  # fails before anything touches the disk
+    meta = json.dumps({"format": FORMAT, "version": VERSION, "state": tree})
+    arrays[_META] = np.frombuffer(meta.encode("utf-8"), dtype=np.uint8)
+
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        os.replace(tmp, path)
+    except BaseException:  # KeyboardInterrupt included: never leave a half file behind our back
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_directory(directory)  # make the rename itself durable (POSIX; best effort)
+
+
+def _fsync_directory(directory: str) -> None:
+    if not hasattr(os, "O_DIRECTORY"):
+        return  # Windows: directories cannot be opened for fsync
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path) -> dict:
+    """The state dict saved at `path`: arrays come back as NumPy arrays, tuples as tuples."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"load_checkpoint: no checkpoint file at {path}")
+    try:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single .npy array, not an .npz archive")
+        with archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        raise ValueError(f"load_checkpoint: {path} is not a readable checkpoint (corrupt or "
+                         f"truncated?): {e}") from e
+    meta = arrays.pop(_META, None)
+    if meta is None:
+        raise ValueError(f"load_checkpoint: {path} is an .npz archive but not a checkpoint "
+                         f"(no {_META!r} entry; it holds {sorted(arrays)[:5]})")
+    try:
+        document = json.loads(meta.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"load_checkpoint: {path} is corrupt: its metadata is not JSON: {e}") from e
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise ValueError(f"load_checkpoint: {path} is not an {FORMAT} file")
+    if document.get("version") != VERSION:
+        raise ValueError(f"load_checkpoint: {path} has format version {document.get('version')!r}; "
+                         f"this engine reads version {VERSION}")
+    return _decode(document["state"], arrays, path)
