@@ -1,0 +1,104 @@
+"""Losses as Numba kernels (float32 on the CPU); the spec is engine.reference.loss.
+
+softmax_cross_entropy_forward is fused: one prange over the rows of the logits, each
+row read from cache three times (max; exp and its sum; scale), writing dlogits and the
+row's loss. Subtracting the row maximum first keeps exp() in (0, 1], so logits of
+magnitude 1e4 neither overflow nor lose the loss. The row losses are summed in row
+order after the parallel loop, so the loss is bitwise the same on every run.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from engine.cpu.activation import kernel_pair
+
+_CHUNK = 4096  # elements per partial sum of the MSE: fixed, so the sum order is too
+
+
+def _output(out, shape, dtype) -> np.ndarray:
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if not out.flags.c_contiguous:
+        raise ValueError("loss: expected C-contiguous out= arrays, got a strided one")
+    return out
+
+
+@njit(cache=True)
+def _first_bad_label(labels, k):
+    for i in range(labels.size):
+        if labels[i] < 0 or labels[i] >= k:
+            return i
+    return -1
+
+
+@kernel_pair()
+def _softmax_xent(x, labels, dx, row_loss):
+    # x, dx (N, K); labels (N,) int; row_loss (N,) float64
+    n, k = x.shape
+    inv_n = 1.0 / n
+    for i in prange(n):
+        m = x[i, 0]
+        for j in range(1, k):
+            m = max(m, x[i, j])
+        total = 0.0  # float64: the sum of up to K terms in (0, 1]
+        for j in range(k):
+            e = np.exp(x[i, j] - m)  # float32 exp of a value <= 0
+            dx[i, j] = e
+            total += e
+        scale = inv_n / total  # softmax / N
+        for j in range(k):
+            dx[i, j] = dx[i, j] * scale
+        label = labels[i]
+        dx[i, label] -= inv_n
+        # -log softmax[label] = log(sum exp(x - m)) - (x[label] - m)
+        row_loss[i] = np.log(total) - (np.float64(x[i, label]) - m)
+
+
+@kernel_pair()
+def _squared_error_sums(pred, target, partial):
+    # pred, target (numel,); partial (ceil(numel / _CHUNK),) float64
+    for c in prange(partial.size):
+        s = 0.0
+        for i in range(c * _CHUNK, min((c + 1) * _CHUNK, pred.size)):
+            d = np.float64(pred[i]) - np.float64(target[i])
+            s += d * d
+        partial[c] = s
+
+
+@kernel_pair()
+def _mse_bwd(pred, target, scale, dpred):
+    for i in prange(pred.size):
+        dpred[i] = scale * (np.float64(pred[i]) - np.float64(target[i]))
+
+
+def softmax_cross_entropy_forward(logits, labels, out=None):
+    logits, labels = np.ascontiguousarray(logits), np.ascontiguousarray(labels)
+    n, k = logits.shape
+    bad = _first_bad_label(labels, k)
+    if bad >= 0:  # checked here too: a bad label would index out of bounds in the kernel
+        raise ValueError(f"softmax_cross_entropy_forward: expected labels in [0, {k}), "
+                         f"got {labels[bad]} at row {bad}")
+    loss = _output(None if out is None else out[0], (), logits.dtype)
+    dlogits = _output(None if out is None else out[1], (n, k), logits.dtype)
+    row_loss = np.empty(n)
+    _softmax_xent(logits, labels, dlogits, row_loss)
+    loss[...] = row_loss.sum() / n  # NumPy's pairwise sum: fixed order for a given n
+    return loss, dlogits
+
+
+def mse_loss_forward(pred, target, out=None):
+    pred, target = np.ascontiguousarray(pred), np.ascontiguousarray(target)
+    loss = _output(out, (), pred.dtype)
+    partial = np.empty(-(-pred.size // _CHUNK))
+    _squared_error_sums(pred.reshape(-1), target.reshape(-1), partial)
+    loss[...] = partial.sum() / pred.size
+    return loss
+
+
+def mse_loss_backward(pred, target, dloss, out=None):
+    pred, target = np.ascontiguousarray(pred), np.ascontiguousarray(target)
+    dpred = _output(out, pred.shape, pred.dtype)
+    _mse_bwd(pred.reshape(-1), target.reshape(-1), 2.0 * float(np.asarray(dloss)) / pred.size,
+             dpred.reshape(-1))
+    return dpred
