@@ -33,8 +33,9 @@ Conventions (see engine.checks for the reasons)
 -----------------------------------------------
 * Layout NCHW; conv weights (K, C, R, S), linear weights (out_features, in_features).
 * Data float32 or float64, one dtype per call (never promoted silently); labels and
-  indices of an integer dtype. Results come back in whatever dtype the backend computes
-  (float32 in, float32 out on Numba and CUDA; the reference backend returns float64).
+  indices of an integer dtype. Results come back in the dtype of the data, whichever
+  backend ran (the reference backend computes in float64 and is rounded back, so that
+  forward outputs and backward inputs always agree).
 * Non-contiguous inputs are copied to C-contiguous ones before a kernel sees them;
   batch norm's running statistics, which are updated in place, must be contiguous.
 * No broadcasting between arguments whose shapes should agree.
@@ -69,12 +70,42 @@ NCHW = "(N, C, H, W)"
 
 def _backend(op: str, floats: dict, others: dict | None = None):
     """Check the arrays of one call share a device (and the float ones a dtype); the
-    backend that runs them. None entries (an absent bias) are skipped. Called after
-    every other check of an op: nothing reaches a backend unchecked."""
+    backend that runs them, its results cast back to that dtype. None entries (an
+    absent bias) are skipped. Called after every other check of an op: nothing
+    reaches a backend unchecked."""
     C.same_device(op, **floats, **(others or {}))
     C.same_dtype(op, **floats)
     present = [a for a in (*floats.values(), *(others or {}).values()) if a is not None]
-    return backend_for(*present)
+    dtype = next(a.dtype for a in floats.values() if a is not None)
+    return _InDtype(backend_for(*present), dtype)
+
+
+class _InDtype:
+    """A backend whose float results come back in the caller's dtype.
+
+    The reference backend computes in float64 whatever it is given; without this, the
+    float64 output of a float32 forward would meet a float32 gradient in the backward
+    and fail the one-dtype check. Numba and CUDA already return the input dtype, so
+    for them this costs nothing (astype with copy=False). Integer results (pooling
+    indices, dropout masks) pass through."""
+
+    def __init__(self, backend, dtype):
+        self._backend, self._dtype = backend, dtype
+
+    def __getattr__(self, op):
+        fn = getattr(self._backend, op)
+
+        def call(*args):
+            result = fn(*args)
+            if isinstance(result, tuple):
+                return tuple(self._cast(r) for r in result)
+            return self._cast(result)
+        return call
+
+    def _cast(self, a):
+        if a is None or a.dtype.kind != "f" or a.dtype == self._dtype:
+            return a
+        return a.astype(self._dtype, copy=False)
 
 
 def _optional_bias(op: str, bias, channels: int):
