@@ -1,0 +1,49 @@
+// common.cuh -- device helpers shared by every kernels/*.cu file.
+//
+// Included as "common.cuh": nvcc finds it next to the including file, NVRTC through the
+// -I<kernels dir> option the rtc exposure passes (engine/cuda/rtc.py, RTC_OPTIONS).
+// No host headers anywhere in kernels/: NVRTC compiles these sources without a host
+// standard library, so only built-in types and CUDA device intrinsics are used.
+#pragma once
+
+// Every block-level reduction in kernels/ is written for this many threads (a multiple of
+// 32, at most 1024). The launchers (csrc/*.cu and engine/cuda/rtc.py) launch exactly this.
+#define ENGINE_REDUCE_THREADS 256
+
+// Plain 1-D elementwise kernels use this block size; any grid is correct because the
+// kernels loop with a grid stride.
+#define ENGINE_BLOCK 256
+
+typedef long long i64;
+
+// Sum of v over the 32 lanes of a warp; every lane gets the total.
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    return v;
+}
+
+// Sum of v over the whole block; every thread gets the total. Every thread of the block
+// must call it (it synchronises). `scratch` is __shared__ float[32]. The summation order
+// depends only on blockDim, so the result is the same on every run.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int warps = (blockDim.x + 31) >> 5;
+    v = warp_sum(v);
+    __syncthreads();  // scratch may still be read by a previous call
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = (lane < warps) ? scratch[lane] : 0.0f;
+    return warp_sum(v);  // every warp reduces the per-warp partials itself
+}
+
+// 1-D grid-stride loop over [0, n) with 64-bit indices (tensors may exceed 2^31 elements).
+#define GRID_STRIDE_LOOP(i, n)                                                    \
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n);             \
+         i += (i64)blockDim.x * gridDim.x)
