@@ -79,31 +79,33 @@ def _check_int(fn: str, name: str, value, minimum: int) -> int:
     return int(value)
 
 
+def _per_channel(fn: str, name: str, given, channels: int) -> np.ndarray:
+    """A user's mean or std (one number, or one per channel) as float64 (C,)."""
+    value = np.asarray(given, dtype=np.float64).reshape(-1)
+    if value.size == 1:
+        value = np.repeat(value, channels)
+    if value.shape != (channels,) or not np.all(np.isfinite(value)):
+        raise ValueError(f"{fn}: {name} must be one finite number or {channels} (one per channel), got {given!r}")
+    return value
+
+
 def _channel_stats(fn: str, x01: np.ndarray, mean, std) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (mean, std), float64 (C,), of x01 (N, C, H, W) in [0, 1], unless given."""
     channels = x01.shape[1]
-    stats = []
-    for name, given, computed in (("mean", mean, lambda: x01.mean(axis=(0, 2, 3), dtype=np.float64)),
-                                  ("std", std, lambda: x01.std(axis=(0, 2, 3), dtype=np.float64))):
-        value = computed() if given is None else np.asarray(given, dtype=np.float64).reshape(-1)
-        if value.size == 1:
-            value = np.repeat(value, channels)
-        if value.shape != (channels,) or not np.all(np.isfinite(value)):
-            raise ValueError(f"{fn}: {name} must be one finite number or {channels} (one per channel), "
-                             f"got {given!r}")
-        stats.append(value)
-    if np.any(stats[1] <= 0):
-        raise ValueError(f"{fn}: std must be > 0 in every channel, got {stats[1].tolist()}"
-                         + (" (the training images are constant)" if std is None else ""))
-    return stats[0], stats[1]
+    mean = x01.mean(axis=(0, 2, 3), dtype=np.float64) if mean is None else _per_channel(fn, "mean", mean, channels)
+    computed_std = std is None
+    std = x01.std(axis=(0, 2, 3), dtype=np.float64) if computed_std else _per_channel(fn, "std", std, channels)
+    if np.any(std <= 0):
+        raise ValueError(f"{fn}: std must be > 0 in every channel, got {std.tolist()}"
+                         + (" (the training images are constant)" if computed_std else ""))
+    return mean, std
 
 
-def _normalise(x01: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """(x01 - mean) / std per channel; x01 (N, C, H, W) -> float32 (N, C, H, W), C-contiguous."""
-    out = x01.astype(np.float32, copy=True)
-    out -= mean.astype(np.float32)[None, :, None, None]
-    out /= std.astype(np.float32)[None, :, None, None]
-    return np.ascontiguousarray(out)
+def _normalise_(x01: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(x01 - mean) / std per channel, in place: x01 float32 (N, C, H, W), mean/std (C,)."""
+    x01 -= mean.astype(np.float32)[None, :, None, None]
+    x01 /= std.astype(np.float32)[None, :, None, None]
+    return x01
 
 
 def _make_dataset(fn, train_u8, y_train, test_u8, y_test, class_names, mean, std) -> Dataset:
@@ -111,8 +113,9 @@ def _make_dataset(fn, train_u8, y_train, test_u8, y_test, class_names, mean, std
     train01 = train_u8.astype(np.float32) / np.float32(255.0)
     mean, std = _channel_stats(fn, train01, mean, std)
     test01 = test_u8.astype(np.float32) / np.float32(255.0)
-    return Dataset(train=Split(_normalise(train01, mean, std), np.ascontiguousarray(y_train, dtype=np.int64)),
-                   test=Split(_normalise(test01, mean, std), np.ascontiguousarray(y_test, dtype=np.int64)),
+    # astype made fresh C-contiguous float32 arrays, so normalising them in place is safe
+    return Dataset(train=Split(_normalise_(train01, mean, std), np.ascontiguousarray(y_train, dtype=np.int64)),
+                   test=Split(_normalise_(test01, mean, std), np.ascontiguousarray(y_test, dtype=np.int64)),
                    class_names=tuple(class_names),
                    mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))
 
