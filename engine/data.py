@@ -294,10 +294,11 @@ def _class_folders(fn: str, split_dir: str) -> dict[str, list[str]]:
 
 def _decode(fn: str, path: str, size: int, crop: int, channels: int) -> np.ndarray:
     """One image file -> uint8 (channels, crop, crop): shorter side resized to size, centre crop."""
-    from PIL import Image  # imported here so the other loaders work without Pillow
+    from PIL import Image, ImageOps  # imported here so the other loaders work without Pillow
 
     try:
         with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)  # camera photos: apply the stored orientation
             im = im.convert("RGB" if channels == 3 else "L")
             w, h = im.size
             scale = size / min(w, h)
