@@ -119,8 +119,8 @@ def test_max_pool2d_conventions(module):
     # padding is -inf: with every value negative, a padded cell still never wins
     x = -1.0 - np.arange(9, dtype=np.float32).reshape(1, 1, 3, 3)
     y, arg = module.max_pool2d_forward(x, (3, 3), (2, 2), (1, 1))
-    np.testing.assert_array_equal(y[0, 0], [[-1, -3], [-7, -9]])
-    np.testing.assert_array_equal(arg[0, 0], [[0, 2], [6, 8]])
+    np.testing.assert_array_equal(y[0, 0], [[-1, -2], [-4, -5]])  # zero padding would give 0s
+    np.testing.assert_array_equal(arg[0, 0], [[0, 1], [3, 4]])
     # NaN propagates, and an all -inf window still names a real cell of its window
     x = np.array([[[[1, np.nan, -np.inf, -np.inf], [5, 2, -np.inf, -np.inf]]]], dtype=np.float32)
     y, arg = module.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0))
