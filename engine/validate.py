@@ -611,7 +611,8 @@ def _fmt_err(x: float) -> str:
     return "-" if math.isnan(x) else ("inf" if math.isinf(x) else f"{x:.2e}")
 
 
-def print_row(row: Row, file=sys.stdout) -> None:
+def print_row(row: Row, file=None) -> None:
+    file = file or sys.stdout  # looked up per call: pytest's capsys swaps it
     print(_format_row((row.op, row.direction, row.exposure, row.shape_set, row.shape, _fmt_err(row.max_abs),
                        _fmt_err(row.max_rel), row.rerun, "pass" if row.passed else "FAIL")), file=file)
     if row.note and not row.passed:

@@ -23,7 +23,7 @@ NO_EXTENSION = "the compiled extension (cuda-ext) is not built" if GPU else f"no
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not GPU, reason=f"no GPU/CuPy: {WHY_NOT}")]
 
 # small batches: the point is coverage of every shape family, not throughput
-CASES = validate.cases("odd") + validate.cases("lenet", 8) + validate.cases("alexnet", 1)
+CASES = validate.cases("odd") + validate.cases("lenet", 8) + validate.cases("alexnet", 2)
 IDS = [f"{c.op}-{c.label}" for c in CASES]
 EXPOSURES = [pytest.param("cuda-ext", marks=pytest.mark.skipif(not EXTENSION, reason=NO_EXTENSION)),
              "cuda-rtc"]

@@ -37,7 +37,9 @@ def test_lenet_shapes_are_lenet5():
 def test_alexnet_shapes_chain():
     shapes = {s.name: s for s in validate.alexnet_shapes(2)}
     assert shapes["conv1"].y == (2, 64, 55, 55)
-    assert shapes["pool1"].y == (2, 64, 27, 27) == shapes["conv2"].x[:1] + shapes["conv2"].y[1:2] + (27, 27)
+    assert shapes["pool1"].y == shapes["conv2"].x == (2, 64, 27, 27)
+    assert shapes["pool2"].y == shapes["conv3"].x == (2, 192, 13, 13)
+    assert shapes["pool5"].x == shapes["conv5"].y
     assert shapes["pool5"].y == (2, 256, 6, 6)
     assert shapes["fc6"].i == 256 * 6 * 6
 
