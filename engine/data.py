@@ -29,7 +29,7 @@ __all__ = ["Split", "Dataset", "load_bundled_mnist", "stratified_split", "read_i
            "load_mnist_idx", "load_image_folder", "synthetic", "DataLoader"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq would compare arrays elementwise
 class Split:
     """One split: x float32 (N, C, H, W), y int64 (N,). Unpacks as ``x, y = split``."""
     x: np.ndarray
@@ -42,7 +42,7 @@ class Split:
         return iter((self.x, self.y))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq would compare arrays elementwise
 class Dataset:
     """A train and a held-out test split plus what is needed to interpret them.
 
