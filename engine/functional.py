@@ -95,8 +95,8 @@ class _InDtype:
     def __getattr__(self, op):
         fn = getattr(self._backend, op)
 
-        def call(*args):
-            result = fn(*args)
+        def call(*args, **kwargs):
+            result = fn(*args, **kwargs)
             if isinstance(result, tuple):
                 return tuple(self._cast(r) for r in result)
             return self._cast(result)
@@ -432,10 +432,11 @@ def dropout_forward(x, p=0.5, training=True, seed=None):
     seed=None draws one from NumPy's global generator, so np.random.seed(...) makes a
     run repeatable; pass a seed to choose the mask yourself (any int, taken mod 2**64)."""
     op = "dropout"
-    x = C.float_array(op, "input", x)
+    checked = C.float_array(op, "input", x)
     p = C.probability(op, "p", p)
     if not C.boolean(op, "training", training):
-        return x, None
+        return x, None  # the caller's own array, even a strided one: nothing to compute
+    x = checked
     seed = int(np.random.randint(0, 2**63 - 1, dtype=np.int64)) if seed is None else seed
     seed = C.integer(op, "seed", seed) % 2**64
     return _backend(op, dict(input=x)).dropout_forward(x, p, seed)
