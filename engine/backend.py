@@ -28,7 +28,7 @@ import importlib
 import os
 import types
 
-# name -> signature (documentation and the contract checked by tests/test_backend.py)
+# name -> signature (documentation and the contract checked by tests/test_backend_contract.py)
 OPS = {
     # conv.py -- convolution by im2col + GEMM
     "im2col": "(x, kernel, stride, padding, out=None) -> cols (N, C*R*S, P*Q); rows c-major, then r, then s",
@@ -124,11 +124,17 @@ def is_cuda_array(a) -> bool:
 
 
 def backend_for(*arrays) -> types.SimpleNamespace:
-    """The backend for arrays: CuPy arrays run on 'cuda', NumPy arrays on CPU_BACKEND."""
-    kinds = {is_cuda_array(a) for a in arrays if a is not None and hasattr(a, "shape")}
+    """The backend for arrays: CuPy arrays run on 'cuda'; NumPy float32 on CPU_BACKEND
+    (Numba); NumPy float64 on the float64 'reference' (the fast kernels are float32 only)."""
+    arrays = [a for a in arrays if a is not None and hasattr(a, "shape")]
+    kinds = {is_cuda_array(a) for a in arrays}
     if len(kinds) > 1:
         raise ValueError("backend_for: expected all arrays on one device, got a mix of NumPy and CuPy arrays")
-    return get_backend("cuda" if kinds == {True} else CPU_BACKEND)
+    if kinds == {True}:
+        return get_backend("cuda")
+    if any(a.dtype == "float64" for a in arrays):
+        return get_backend("reference")
+    return get_backend(CPU_BACKEND)
 
 
 def array_module(a):
