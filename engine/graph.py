@@ -1,0 +1,164 @@
+"""Static graphs: a model is traced once, for one input shape, into a list of nodes.
+
+Calling a layer on symbolic ``Value``s records a ``Node`` on the graph being traced and
+returns the node's output value, whose shape the layer infers (and checks) right away:
+a shape mismatch is reported at trace time, naming the layer and both shapes.
+
+    x = graph.input((256, 1, 28, 28))
+    y = model(x)            # layers record nodes; no data is touched
+    graph.output(y)
+
+Nodes are recorded in call order, which is a topological order: a value exists before
+any node can take it as an input. The executor (engine.executor) plans memory for the
+graph and runs it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class Value:
+    """A symbolic array of a traced graph: its shape, dtype and the node that makes it."""
+
+    def __init__(self, graph: "Graph", shape: tuple, dtype=np.float32, producer=None):
+        self.graph, self.shape, self.dtype, self.producer = graph, tuple(shape), np.dtype(dtype), producer
+        self.consumers: list[Node] = []
+        self.index = len(graph.values)
+        graph.values.append(self)
+
+    def __repr__(self):
+        return f"Value#{self.index}{self.shape}"
+
+
+class Node:
+    """One layer applied to input values, making one output value."""
+
+    def __init__(self, graph: "Graph", layer: "Layer", inputs: list[Value], out_shape: tuple):
+        self.layer, self.inputs, self.index = layer, inputs, len(graph.nodes)
+        graph.nodes.append(self)
+        self.output = Value(graph, out_shape, producer=self)
+        for v in inputs:
+            v.consumers.append(self)
+
+
+class Graph:
+    """The nodes and values of one trace; `inputs` are fed by the executor."""
+
+    def __init__(self):
+        self.nodes: list[Node] = []
+        self.values: list[Value] = []
+        self.inputs: list[Value] = []
+        self.outputs: list[Value] = []
+
+    def input(self, shape, dtype=np.float32) -> Value:
+        v = Value(self, shape, dtype)
+        self.inputs.append(v)
+        return v
+
+    def output(self, v: Value) -> None:
+        if not isinstance(v, Value) or v.graph is not self:
+            raise TypeError(f"graph output must be a Value of this trace, got {type(v).__name__}")
+        self.outputs.append(v)
+
+    def layers(self) -> list["Layer"]:
+        """Distinct layers in order of first use (a layer called twice shares its parameters)."""
+        seen, out = set(), []
+        for node in self.nodes:
+            if id(node.layer) not in seen:
+                seen.add(id(node.layer))
+                out.append(node.layer)
+        return out
+
+
+def trace(model, input_shape: tuple) -> Graph:
+    """Trace `model` (a Layer or Model) for one input shape, batch included."""
+    g = Graph()
+    x = g.input(tuple(int(d) for d in input_shape))
+    y = model(x)
+    g.output(y)
+    return g
+
+
+class Layer:
+    """Base of every layer. Subclasses set ``params`` (name -> initial float32 array) and
+    ``buffers`` (non-trainable state) in __init__, and define infer / forward / backward
+    (see engine.nn for the bound node they receive) and optionally saved()."""
+
+    _count: dict[str, int] = {}
+    grad_in_forward = False       # True: forward also writes d(loss)/d(inputs) (fused losses)
+    input_grads_required = False  # True: backward needs a dx buffer even if nobody reads it
+
+    def __init__(self):
+        self.params: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
+        kind = type(self).__name__
+        Layer._count[kind] = Layer._count.get(kind, 0) + 1
+        self.name = f"{kind}#{Layer._count[kind]}"
+
+    def __call__(self, *inputs: Value) -> Value:
+        for v in inputs:
+            if not isinstance(v, Value):
+                raise TypeError(f"{self.name}: layers are called on traced Values (see "
+                                f"engine.graph.trace), got {type(v).__name__}")
+        graph = inputs[0].graph
+        out_shape = self.infer(*[v.shape for v in inputs])
+        return Node(graph, self, list(inputs), out_shape).output
+
+    def infer(self, *shapes) -> tuple:
+        raise NotImplementedError
+
+    def saved(self, *shapes) -> dict:
+        """Scratch arrays forward keeps for backward: name -> (shape, dtype)."""
+        return {}
+
+    def num_params(self) -> int:
+        return sum(int(p.size) for p in self.params.values())
+
+    def __repr__(self):
+        return self.name
+
+
+class Model:
+    """A model made of layers, written like torch.nn.Module: set layers as attributes in
+    __init__ and combine them in forward(x) on traced values. Any wiring works, e.g. a
+    residual block ``return self.add(self.body(x), x)``."""
+
+    def __call__(self, x: Value) -> Value:
+        return self.forward(x)
+
+    def forward(self, x: Value) -> Value:
+        raise NotImplementedError
+
+
+class Sequential(Model):
+    """Layers applied one after the other."""
+
+    def __init__(self, *layers):
+        for i, layer in enumerate(layers):
+            if not callable(layer):
+                raise TypeError(f"Sequential: item {i} must be a layer, got {type(layer).__name__}")
+        self.layers = list(layers)
+
+    def forward(self, x: Value) -> Value:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def summary(model, input_shape: tuple) -> str:
+    """A table like Keras's: layer, output shape, parameter count; then the totals.
+    input_shape excludes the batch."""
+    g = trace(model, (1, *input_shape))
+    rows = [("Layer", "Output shape", "Params")]
+    seen = set()
+    for node in g.nodes:
+        count = 0 if id(node.layer) in seen else node.layer.num_params()
+        seen.add(id(node.layer))
+        rows.append((node.layer.name, str(("N", *node.output.shape[1:])).replace("'", ""), f"{count:,}"))
+    total = sum(layer.num_params() for layer in g.layers())
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    line = "-" * (w[0] + w[1] + w[2] + 4)
+    fmt = lambda r: f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:>{w[2]}}"  # noqa: E731
+    body = [fmt(rows[0]), line, *[fmt(r) for r in rows[1:]], line,
+            f"Total params: {total:,}", f"Input shape: (N, {', '.join(map(str, input_shape))})"]
+    return "\n".join(body)

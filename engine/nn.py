@@ -1,0 +1,365 @@
+"""Layers: what each node of a traced graph computes, forward and backward.
+
+A layer is called on symbolic values (engine.graph.Value) to build a graph; it never
+touches data then. The executor later calls ``forward(bk, n)`` and ``backward(bk, n)``
+with ``n`` a bound node (engine.executor.Bound) holding the real arrays:
+
+    n.x[i]   inputs                      n.y    output
+    n.dx[i]  where to write d(loss)/d(x[i]) (None when nobody needs it)
+    n.dy     d(loss)/d(y)
+    n.p[k]   parameters, n.g[k] where to write their gradients (None when frozen)
+    n.s[k]   scratch saved by forward for backward (argmax, masks, statistics)
+    n.state  persistent non-trainable buffers (batch-norm running statistics)
+    n.training, n.seed
+
+Every write goes through an op of the backend ``bk`` with ``out=``: a layer allocates
+nothing while training. Parameter initialisation follows PyTorch's defaults.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from engine import checks as C
+from engine.graph import Layer, Value, Model, Sequential  # noqa: F401  (re-exported)
+
+_init_rng = np.random.default_rng(0)
+
+
+def manual_seed(seed: int) -> None:
+    """Seed the generator that initialises parameters of layers created afterwards."""
+    global _init_rng
+    _init_rng = np.random.default_rng(seed)
+
+
+def _uniform(bound: float, shape) -> np.ndarray:
+    return _init_rng.uniform(-bound, bound, size=shape).astype(np.float32)
+
+
+def _kaiming_uniform(shape, fan_in: int) -> np.ndarray:
+    # PyTorch's default for conv and linear: kaiming_uniform_(a=sqrt(5)), which works out
+    # to U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the bias uses the same bound.
+    return _uniform(1.0 / math.sqrt(fan_in), shape)
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+class Conv2d(Layer):
+    """2-D convolution by im2col + GEMM. x (N, C, H, W), weight (K, C, R, S) -> (N, K, P, Q)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
+        super().__init__()
+        op = "Conv2d"
+        self.in_channels = C.integer(op, "in_channels", in_channels, minimum=1)
+        self.out_channels = C.integer(op, "out_channels", out_channels, minimum=1)
+        self.kernel_size = C.pair(op, "kernel_size", kernel_size, minimum=1)
+        self.stride = C.pair(op, "stride", stride, minimum=1)
+        self.padding = C.pair(op, "padding", padding, minimum=0)
+        r, s = self.kernel_size
+        fan_in = self.in_channels * r * s
+        self.params["weight"] = _kaiming_uniform((self.out_channels, self.in_channels, r, s), fan_in)
+        if bias:
+            self.params["bias"] = _kaiming_uniform((self.out_channels,), fan_in)
+
+    def infer(self, x_shape):
+        return C.conv2d_output_shape(self.name, x_shape, self.params["weight"].shape,
+                                     self.stride, self.padding)
+
+    def forward(self, bk, n):
+        bk.conv2d_forward(n.x[0], n.p["weight"], n.p.get("bias"), self.stride, self.padding, out=n.y)
+
+    def backward(self, bk, n):
+        if n.dx[0] is not None:
+            bk.conv2d_backward_data(n.dy, n.p["weight"], n.x[0].shape, self.stride, self.padding, out=n.dx[0])
+        if n.g.get("weight") is not None:
+            bk.conv2d_backward_weight(n.dy, n.x[0], n.p["weight"].shape, self.stride, self.padding,
+                                      out=n.g["weight"])
+        if n.g.get("bias") is not None:
+            bk.bias_backward(n.dy, out=n.g["bias"])
+
+
+class Linear(Layer):
+    """Dense layer. x (N, in_features), weight (out_features, in_features) -> (N, out_features)."""
+
+    def __init__(self, in_features, out_features, bias=True):
+        super().__init__()
+        self.in_features = C.integer("Linear", "in_features", in_features, minimum=1)
+        self.out_features = C.integer("Linear", "out_features", out_features, minimum=1)
+        self.params["weight"] = _kaiming_uniform((self.out_features, self.in_features), self.in_features)
+        if bias:
+            self.params["bias"] = _kaiming_uniform((self.out_features,), self.in_features)
+
+    def infer(self, x_shape):
+        return C.linear_output_shape(self.name, x_shape, self.params["weight"].shape)
+
+    def forward(self, bk, n):
+        bk.linear_forward(n.x[0], n.p["weight"], n.p.get("bias"), out=n.y)
+
+    def backward(self, bk, n):
+        if n.dx[0] is not None:
+            bk.linear_backward_data(n.dy, n.p["weight"], out=n.dx[0])
+        if n.g.get("weight") is not None:
+            bk.linear_backward_weight(n.dy, n.x[0], out=n.g["weight"])
+        if n.g.get("bias") is not None:
+            bk.bias_backward(n.dy, out=n.g["bias"])
+
+
+class _BatchNorm(Layer):
+    ndim = 4
+    input_grads_required = True  # the backward op computes dx with dgamma/dbeta in one pass
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+        super().__init__()
+        op = type(self).__name__
+        self.num_features = C.integer(op, "num_features", num_features, minimum=1)
+        self.eps = C.positive(op, "eps", eps)
+        self.momentum = C.real(op, "momentum", momentum, low=0.0, high=1.0)
+        self.params["weight"] = np.ones(self.num_features, np.float32)
+        self.params["bias"] = np.zeros(self.num_features, np.float32)
+        self.buffers["running_mean"] = np.zeros(self.num_features, np.float32)
+        self.buffers["running_var"] = np.ones(self.num_features, np.float32)
+
+    def infer(self, x_shape):
+        layout = "(N, C, H, W)" if self.ndim == 4 else "(N, C)"
+        if len(x_shape) != self.ndim:
+            raise ValueError(f"{self.name}: expected a {self.ndim}-D input {layout}, got shape {tuple(x_shape)}")
+        if x_shape[1] != self.num_features:
+            raise ValueError(f"{self.name}: input has {x_shape[1]} channels but the layer "
+                             f"expects {self.num_features}")
+        return tuple(x_shape)
+
+    def saved(self, x_shape):
+        c = (self.num_features,)
+        return {"mean": (c, np.float32), "invstd": (c, np.float32)}
+
+    def forward(self, bk, n):
+        bk.batch_norm_forward(n.x[0], n.p["weight"], n.p["bias"], n.state["running_mean"],
+                              n.state["running_var"], n.training, self.momentum, self.eps,
+                              out=(n.y, n.s["mean"], n.s["invstd"]))
+
+    def backward(self, bk, n):
+        bk.batch_norm_backward(n.dy, n.x[0], n.p["weight"], n.s["mean"], n.s["invstd"], n.training,
+                               out=(n.dx[0], n.g["weight"], n.g["bias"]))
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch norm per channel over (N, H, W) of an (N, C, H, W) input."""
+    ndim = 4
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch norm per feature over N of an (N, C) input."""
+    ndim = 2
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+class MaxPool2d(Layer):
+    """Max pooling; padded cells never win, ties go to the first cell of the window."""
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size = C.pair("MaxPool2d", "kernel_size", kernel_size, minimum=1)
+        self.stride = C.pair("MaxPool2d", "stride", stride if stride is not None else kernel_size, minimum=1)
+        self.padding = C.pair("MaxPool2d", "padding", padding, minimum=0)
+
+    def infer(self, x_shape):
+        return C.pool2d_output_shape(self.name, x_shape, self.kernel_size, self.stride, self.padding)
+
+    def saved(self, x_shape):
+        return {"argmax": (self.infer(x_shape), np.int32)}
+
+    def forward(self, bk, n):
+        bk.max_pool2d_forward(n.x[0], self.kernel_size, self.stride, self.padding, out=(n.y, n.s["argmax"]))
+
+    def backward(self, bk, n):
+        bk.max_pool2d_backward(n.dy, n.s["argmax"], n.x[0].shape, out=n.dx[0])
+
+
+class AvgPool2d(Layer):
+    """Average pooling; count_include_pad=True (PyTorch's default) divides by the window size."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, count_include_pad=True):
+        super().__init__()
+        self.kernel_size = C.pair("AvgPool2d", "kernel_size", kernel_size, minimum=1)
+        self.stride = C.pair("AvgPool2d", "stride", stride if stride is not None else kernel_size, minimum=1)
+        self.padding = C.pair("AvgPool2d", "padding", padding, minimum=0)
+        self.count_include_pad = C.boolean("AvgPool2d", "count_include_pad", count_include_pad)
+
+    def infer(self, x_shape):
+        return C.pool2d_output_shape(self.name, x_shape, self.kernel_size, self.stride, self.padding)
+
+    def forward(self, bk, n):
+        bk.avg_pool2d_forward(n.x[0], self.kernel_size, self.stride, self.padding,
+                              self.count_include_pad, out=n.y)
+
+    def backward(self, bk, n):
+        bk.avg_pool2d_backward(n.dy, n.x[0].shape, self.kernel_size, self.stride, self.padding,
+                               self.count_include_pad, out=n.dx[0])
+
+
+# --------------------------------------------------------------------------- elementwise
+
+
+class _Elementwise(Layer):
+    def infer(self, x_shape):
+        return tuple(x_shape)
+
+
+class ReLU(_Elementwise):
+    def forward(self, bk, n):
+        bk.relu_forward(n.x[0], out=n.y)
+
+    def backward(self, bk, n):
+        bk.relu_backward(n.dy, n.y, out=n.dx[0])
+
+
+class LeakyReLU(_Elementwise):
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = C.real("LeakyReLU", "negative_slope", negative_slope)
+
+    def forward(self, bk, n):
+        bk.leaky_relu_forward(n.x[0], self.negative_slope, out=n.y)
+
+    def backward(self, bk, n):
+        bk.leaky_relu_backward(n.dy, n.x[0], self.negative_slope, out=n.dx[0])
+
+
+class Sigmoid(_Elementwise):
+    def forward(self, bk, n):
+        bk.sigmoid_forward(n.x[0], out=n.y)
+
+    def backward(self, bk, n):
+        bk.sigmoid_backward(n.dy, n.y, out=n.dx[0])
+
+
+class Tanh(_Elementwise):
+    def forward(self, bk, n):
+        bk.tanh_forward(n.x[0], out=n.y)
+
+    def backward(self, bk, n):
+        bk.tanh_backward(n.dy, n.y, out=n.dx[0])
+
+
+class Dropout(_Elementwise):
+    """Inverted dropout: a mask from the counter-based generator keyed by the executor's
+    per-step, per-node seed; identity in eval mode."""
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        self.p = C.probability("Dropout", "p", p)
+
+    def saved(self, x_shape):
+        return {"mask": (tuple(x_shape), np.uint8)}
+
+    def forward(self, bk, n):
+        if n.training and self.p > 0:
+            bk.dropout_forward(n.x[0], self.p, n.seed, out=(n.y, n.s["mask"]))
+        else:
+            n.y[...] = n.x[0]
+
+    def backward(self, bk, n):
+        # backward runs in training mode only
+        if self.p > 0:
+            bk.dropout_backward(n.dy, n.s["mask"], self.p, out=n.dx[0])
+        else:
+            n.dx[0][...] = n.dy
+
+
+class Flatten(Layer):
+    """(N, ...) -> (N, prod(...)): a copy into the planned buffer (the layout is unchanged)."""
+
+    def infer(self, x_shape):
+        return (x_shape[0], int(np.prod(x_shape[1:])))
+
+    def forward(self, bk, n):
+        n.y[...] = n.x[0].reshape(n.y.shape)
+
+    def backward(self, bk, n):
+        n.dx[0][...] = n.dy.reshape(n.dx[0].shape)
+
+
+class Add(Layer):
+    """a + b of equal shapes: the join of a residual (skip) connection."""
+
+    def infer(self, a_shape, b_shape):
+        if tuple(a_shape) != tuple(b_shape):
+            raise ValueError(f"{self.name}: operands must have equal shapes (no broadcasting), "
+                             f"got {tuple(a_shape)} and {tuple(b_shape)}")
+        return tuple(a_shape)
+
+    def forward(self, bk, n):
+        bk.add(n.x[0], n.x[1], out=n.y)
+
+    def backward(self, bk, n):
+        for dx in n.dx:
+            if dx is not None:
+                dx[...] = n.dy
+
+
+# --------------------------------------------------------------------------- fused (made by the executor's fusion pass)
+
+
+class BiasReLU(Layer):
+    """relu(x + bias): the tail of a Conv2d/Linear whose bias moved here, fused with its ReLU.
+    It owns no parameter: the executor binds the producer's bias and bias gradient to it."""
+
+    def infer(self, x_shape):
+        return tuple(x_shape)
+
+    def forward(self, bk, n):
+        bk.bias_relu_forward(n.x[0], n.p["bias"], out=n.y)
+
+    def backward(self, bk, n):
+        bk.bias_relu_backward(n.dy, n.y, out=(n.dx[0], n.g["bias"]))
+
+
+# --------------------------------------------------------------------------- losses
+
+
+class SoftmaxCrossEntropy(Layer):
+    """Mean softmax cross-entropy of logits (N, K) and integer labels (N,). Forward writes the
+    gradient (softmax - onehot) / N straight into d(loss)/d(logits): one fused pass."""
+    target_dtype = np.int32
+    grad_in_forward = True
+
+    def infer(self, logits_shape, labels_shape):
+        if len(logits_shape) != 2:
+            raise ValueError(f"{self.name}: expected 2-D logits (N, classes), got shape {tuple(logits_shape)}")
+        if tuple(labels_shape) != (logits_shape[0],):
+            raise ValueError(f"{self.name}: labels must have shape ({logits_shape[0]},), got {tuple(labels_shape)}")
+        return ()
+
+    def saved(self, logits_shape, labels_shape):
+        return {"dlogits": (tuple(logits_shape), np.float32)}
+
+    def forward(self, bk, n):
+        dlogits = n.dx[0] if n.dx[0] is not None else n.s["dlogits"]
+        bk.softmax_cross_entropy_forward(n.x[0], n.x[1], out=(n.y, dlogits))
+
+    def backward(self, bk, n):
+        pass  # d(loss)/d(logits) was written by forward; d(loss) is 1
+
+
+class MSELoss(Layer):
+    """Mean squared error of predictions and targets of equal shapes."""
+    target_dtype = np.float32
+
+    def infer(self, pred_shape, target_shape):
+        if tuple(pred_shape) != tuple(target_shape):
+            raise ValueError(f"{self.name}: predictions {tuple(pred_shape)} and targets "
+                             f"{tuple(target_shape)} must have equal shapes (no broadcasting)")
+        return ()
+
+    def forward(self, bk, n):
+        bk.mse_loss_forward(n.x[0], n.x[1], out=n.y)
+
+    def backward(self, bk, n):
+        bk.mse_loss_backward(n.x[0], n.x[1], 1.0, out=n.dx[0])
+
+
+LOSSES = {"cross_entropy": SoftmaxCrossEntropy, "mse": MSELoss}

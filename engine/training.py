@@ -1,0 +1,186 @@
+"""fit / evaluate / predict: the training loop around an Executor.
+
+    ex = Executor(lenet5(), (1, 28, 28), optimizer=Adam(1e-3))
+    history = fit(ex, DataLoader(x, y, 64), epochs=15, val=(x_test, y_test))
+    report = evaluate(ex, x_test, y_test)
+
+Each epoch: one pass over the loader (learning rate from the schedule at every batch), then
+the validation data in eval mode; the history keeps loss and accuracy per epoch for both.
+A checkpoint (weights, optimizer state, loader position, history, epoch) is written
+atomically after every epoch when a path is given; ``resume=True`` continues from it and
+reproduces the losses of an uninterrupted run exactly on the CPU.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+
+import numpy as np
+
+from engine import checks as C
+from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.metrics import classification_metrics
+from engine.schedules import Constant
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The training loss became NaN or Inf."""
+
+
+class History(dict):
+    """Lists per epoch: loss, accuracy, val_loss, val_accuracy, lr, seconds."""
+
+    KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+
+    def __init__(self, data: dict | None = None):
+        super().__init__({k: list((data or {}).get(k, [])) for k in self.KEYS})
+
+    @property
+    def epochs(self) -> int:
+        return len(self["loss"])
+
+
+class EarlyStopping:
+    """Stop when `monitor` has not improved by min_delta for `patience` epochs; the weights
+    of the best epoch are kept when restore_best is set."""
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
+                 restore_best: bool = True):
+        if monitor not in History.KEYS[:4]:
+            raise ValueError(f"EarlyStopping: monitor must be one of {History.KEYS[:4]}, got {monitor!r}")
+        self.monitor, self.restore_best = monitor, bool(restore_best)
+        self.patience = C.integer("EarlyStopping", "patience", patience, minimum=1)
+        self.min_delta = C.real("EarlyStopping", "min_delta", min_delta, low=0.0)
+        self.sign = -1.0 if "loss" in monitor else 1.0  # losses fall, accuracies rise
+        self.best, self.best_epoch, self.best_state = -math.inf, -1, None
+
+    def should_stop(self, history: History, ex) -> bool:
+        value = self.sign * history[self.monitor][-1]
+        epoch = history.epochs - 1
+        if value > self.best + self.min_delta:
+            self.best, self.best_epoch = value, epoch
+            if self.restore_best:
+                self.best_state = ex.state_dict()
+            return False
+        return epoch - self.best_epoch >= self.patience
+
+    def restore(self, ex) -> None:
+        if self.restore_best and self.best_state is not None:
+            ex.load_state_dict(self.best_state)
+
+
+def fit(ex, train, epochs: int, val=None, schedule=None, early_stopping: EarlyStopping | None = None,
+        checkpoint: str | None = None, resume: bool = False, on_nonfinite: str = "raise",
+        eval_batch_size: int = 500, progress: bool = True, log=print) -> History:
+    """Train `ex` on the DataLoader `train` for `epochs` epochs; returns the History.
+
+    val: (x, y) held-out data evaluated after each epoch. schedule: callable
+    (base_lr, epoch_progress) -> lr (engine.schedules). on_nonfinite: what a NaN/Inf loss
+    does: "raise" (NonFiniteLoss naming the step), "stop" (end training, keep history) or
+    "ignore"."""
+    epochs = C.integer("fit", "epochs", epochs, minimum=1)
+    if on_nonfinite not in ("raise", "stop", "ignore"):
+        raise ValueError(f"fit: on_nonfinite must be 'raise', 'stop' or 'ignore', got {on_nonfinite!r}")
+    if ex.optimizer is None:
+        raise ValueError("fit: the executor has no optimizer")
+    schedule = schedule or Constant()
+    base_lr = ex.optimizer.lr
+    history, start = History(), 0
+    if resume and checkpoint and os.path.exists(checkpoint):
+        state = load_checkpoint(checkpoint)
+        ex.load_state_dict(state["executor"])
+        train.set_state(state["loader"])
+        history, start = History(state["history"]), int(state["epoch"])
+        log(f"resumed from {checkpoint} at epoch {start}")
+
+    from tqdm.auto import tqdm
+    xp = ex.xp
+    for epoch in range(start, epochs):
+        t0 = time.perf_counter()
+        total_loss, seen, correct = 0.0, 0, xp.zeros((), np.int64)
+        bar = tqdm(train, total=len(train), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress,
+                   leave=False, unit="batch")
+        stop = False
+        for i, (xb, yb) in enumerate(bar):
+            ex.lr = schedule(base_lr, epoch + i / len(train))
+            loss = float(ex.train_step(xb, yb))  # the one host read of the step
+            if not math.isfinite(loss):
+                where = f"epoch {epoch + 1}, batch {i + 1} (step {ex.step})"
+                if on_nonfinite == "raise":
+                    raise NonFiniteLoss(f"fit: loss became {loss} at {where}; lower the learning "
+                                        f"rate or pass on_nonfinite='ignore'")
+                if on_nonfinite == "stop":
+                    warnings.warn(f"fit: loss became {loss} at {where}; stopping")
+                    stop = True
+                    break
+            plan = ex.plan(len(xb), "train")
+            correct += (plan.logits.argmax(axis=1) == plan.inputs[1]).sum()
+            total_loss += loss * len(xb)
+            seen += len(xb)
+            bar.set_postfix(loss=f"{loss:.4f}")
+        bar.close()
+        if stop:
+            break
+        history["loss"].append(total_loss / max(seen, 1))
+        history["accuracy"].append(float(correct) / max(seen, 1))
+        history["lr"].append(ex.lr)
+        if val is not None:
+            report = evaluate(ex, val[0], val[1], batch_size=eval_batch_size, with_metrics=False)
+            history["val_loss"].append(report["loss"])
+            history["val_accuracy"].append(report["accuracy"])
+        history["seconds"].append(time.perf_counter() - t0)
+        line = f"epoch {epoch + 1}/{epochs}: loss {history['loss'][-1]:.4f} acc {history['accuracy'][-1]:.4f}"
+        if val is not None:
+            line += f" | val_loss {history['val_loss'][-1]:.4f} val_acc {history['val_accuracy'][-1]:.4f}"
+        log(f"{line} | lr {ex.lr:.3g} | {history['seconds'][-1]:.1f}s")
+        if checkpoint:
+            save_checkpoint(checkpoint, {"executor": ex.state_dict(), "loader": train.get_state(),
+                                         "history": dict(history), "epoch": epoch + 1})
+        if early_stopping is not None and early_stopping.should_stop(history, ex):
+            log(f"early stopping: {early_stopping.monitor} has not improved for "
+                f"{early_stopping.patience} epochs")
+            early_stopping.restore(ex)
+            break
+    return history
+
+
+def _batches(n: int, batch_size: int):
+    for lo in range(0, n, batch_size):
+        yield lo, min(lo + batch_size, n)
+
+
+def predict(ex, x, batch_size: int = 500) -> np.ndarray:
+    """Logits (N, classes) for x in eval mode, on the host."""
+    batch_size = C.integer("predict", "batch_size", batch_size, minimum=1)
+    out = [_host(ex.predict(np.ascontiguousarray(x[lo:hi], dtype=np.float32)))
+           for lo, hi in _batches(len(x), batch_size)]
+    return np.concatenate(out)
+
+
+def evaluate(ex, x, y, batch_size: int = 500, with_metrics: bool = True) -> dict:
+    """Mean loss and accuracy of (x, y) in eval mode; with_metrics adds macro precision,
+    recall, F1 and the confusion matrix."""
+    batch_size = C.integer("evaluate", "batch_size", batch_size, minimum=1)
+    if len(x) != len(y):
+        raise ValueError(f"evaluate: x has {len(x)} samples but y has {len(y)}")
+    total, logits = 0.0, []
+    for lo, hi in _batches(len(x), batch_size):
+        loss, out = ex.eval_step(np.ascontiguousarray(x[lo:hi], dtype=np.float32), y[lo:hi])
+        total += float(loss) * (hi - lo)
+        logits.append(_host(out))
+    logits = np.concatenate(logits)
+    y = np.asarray(y)
+    report = {"loss": total / len(x)}
+    if ex.loss_name == "cross_entropy":
+        pred = logits.argmax(axis=1)
+        if with_metrics:
+            report.update(classification_metrics(y, pred, logits.shape[1]))
+        else:
+            report["accuracy"] = float((pred == y).mean())
+    return report
+
+
+def _host(a) -> np.ndarray:
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.array(a)
