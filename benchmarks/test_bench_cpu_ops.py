@@ -1,0 +1,61 @@
+"""pytest-benchmark: every Numba op at the LeNet shapes (batch 256) next to PyTorch CPU, one
+benchmark group per (op, shape) so the two sit side by side; the LeNet training step too.
+
+    python -m pytest benchmarks/ --benchmark-only
+    python -m pytest benchmarks/test_bench_cpu_ops.py --benchmark-only -k conv2d
+
+Not part of the default test run (testpaths is tests/). Each kernel is checked against the
+float64 reference before it is timed. The fuller comparison (AlexNet shapes, ratios,
+results files) is benchmarks/bench_cpu_ops.py.
+"""
+import os
+
+import numpy as np
+import pytest
+
+from engine import bench, validate
+from engine.backend import get_backend
+
+CASES = validate.cases("lenet", 256)
+IDS = [f"{c.op}-{c.label}" for c in CASES]
+ROUNDS = dict(rounds=5, warmup_rounds=1, iterations=1)  # bounded: 2-core CI machines are slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _torch_threads():
+    torch = bench.torch_or_none()
+    if torch is not None:
+        torch.set_num_threads(os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_numba(benchmark, case):
+    numba = get_backend("numba")
+    assert bench.check_case(case, numba, np) == "ok"  # a fast wrong kernel is a bug, not a result
+    benchmark.group = f"{case.op} {case.label}"
+    benchmark.pedantic(bench._bind(numba, case, validate.to_device(case.inputs(), np)), **ROUNDS)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_torch(benchmark, case):
+    pytest.importorskip("torch", reason="PyTorch is not installed: nothing to compare against")
+    fn = bench.torch_counterpart(case, bench.to_torch(case.inputs(), "cpu"), "cpu")
+    if fn is None:
+        pytest.skip(f"PyTorch has no counterpart of {case.op}")
+    benchmark.group = f"{case.op} {case.label}"
+    benchmark.pedantic(fn, **ROUNDS)
+
+
+def test_lenet_train_step_torch(benchmark):
+    pytest.importorskip("torch", reason="PyTorch is not installed")
+    benchmark.group = "train lenet batch 256 cpu"
+    benchmark.pedantic(bench.torch_train_step("lenet", 256, "cpu"), rounds=5, warmup_rounds=2)
+
+
+def test_lenet_train_step_ours(benchmark):
+    try:
+        step = bench.our_train_step("lenet", 256, "cpu")
+    except NotImplementedError as exc:
+        pytest.skip(f"our executor is not usable from bench yet: {exc}")
+    benchmark.group = "train lenet batch 256 cpu"
+    benchmark.pedantic(step, rounds=5, warmup_rounds=2)
