@@ -16,6 +16,10 @@
 
 typedef long long i64;
 
+// NVRTC has no <cmath>, so no INFINITY / NAN macros: build them from their bit patterns.
+#define ENGINE_INFINITY __int_as_float(0x7f800000)
+#define ENGINE_NAN __int_as_float(0x7fc00000)
+
 // Sum of v over the 32 lanes of a warp; every lane gets the total.
 __device__ __forceinline__ float warp_sum(float v) {
     for (int offset = 16; offset > 0; offset >>= 1)

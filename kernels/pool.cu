@@ -36,7 +36,7 @@ extern "C" __global__ void max_pool2d_forward_kernel(const float* __restrict__ x
         const int h0 = p * sh - ph, w0 = q * sw - pw;
         // first in-bounds cell of the window (padding <= kernel / 2 keeps one inside)
         const int hf = h0 < 0 ? 0 : h0, wf = w0 < 0 ? 0 : w0;
-        float best = -INFINITY;
+        float best = -ENGINE_INFINITY;
         int arg = hf * W + wf;
         for (int r = 0; r < kh; ++r) {
             const int h = h0 + r;

@@ -28,7 +28,7 @@ extern "C" __global__ void softmax_xent_forward_kernel(const float* __restrict__
     const float* x = logits + (i64)row * classes;
     float* dx = dlogits + (i64)row * classes;
 
-    float m = -INFINITY;
+    float m = -ENGINE_INFINITY;
     for (int k = lane; k < classes; k += 32) m = fmaxf(m, x[k]);
     m = warp_max(m);
     float s = 0.0f;
@@ -43,7 +43,7 @@ extern "C" __global__ void softmax_xent_forward_kernel(const float* __restrict__
         const float prob = expf(x[k] - m) * inv_s;
         dx[k] = (prob - (k == label ? 1.0f : 0.0f)) * inv_n;
     }
-    if (lane == 0) row_loss[row] = valid ? (m + logf(s)) - x[label] : __int_as_float(0x7fc00000);
+    if (lane == 0) row_loss[row] = valid ? (m + logf(s)) - x[label] : ENGINE_NAN;
 }
 
 extern "C" __global__ void mse_partial_forward_kernel(const float* __restrict__ pred,
