@@ -106,7 +106,7 @@ class Plan:
                 intervals[("grad", v.index)] = (start, bwd(p), v.shape)
                 if sum(1 for c in v.consumers for u in c.inputs if u is v) > 1:
                     intervals[("acc", v.index)] = (start, bwd(p), v.shape)
-        views = _arena(intervals, xp)
+        views = _arena(intervals, xp, share=ex.share_memory)
         self.arena_elements = views.pop("__size__")
         self.naive_elements = sum(_align(int(np.prod(s))) for _, _, s in intervals.values())
 
@@ -157,14 +157,15 @@ class Plan:
         self.loss = act(g.outputs[1]) if len(g.outputs) > 1 else None
 
 
-def _arena(intervals: dict, xp) -> dict:
+def _arena(intervals: dict, xp, share: bool = True) -> dict:
     """Place every buffer at an offset of one flat float32 arena so that buffers alive at
-    the same time never overlap: greedy, largest first, lowest free offset."""
+    the same time never overlap: greedy, largest first, lowest free offset. share=False
+    gives every buffer its own place (to test that sharing changes nothing)."""
     placed = []  # (offset, size, start, stop)
     offsets = {}
     for key, (start, stop, shape) in sorted(intervals.items(), key=lambda kv: -int(np.prod(kv[1][2]))):
         size = _align(int(np.prod(shape)))
-        clashes = sorted((o, s) for o, s, a, z in placed if a <= stop and start <= z)
+        clashes = sorted((o, s) for o, s, a, z in placed if not share or (a <= stop and start <= z))
         offset = 0
         for o, s in clashes:
             if offset + size <= o:
@@ -189,7 +190,7 @@ class Executor:
     """
 
     def __init__(self, model, input_shape, loss="cross_entropy", optimizer=None, device="cpu",
-                 backend: str | None = None, seed: int = 0):
+                 backend: str | None = None, seed: int = 0, share_memory: bool = True):
         if loss not in nn.LOSSES:
             raise ValueError(f"Executor: loss must be one of {sorted(nn.LOSSES)}, got {loss!r}")
         self.model, self.input_shape = model, tuple(int(d) for d in input_shape)
@@ -203,6 +204,7 @@ class Executor:
         self.loss_name, self.loss_layer = loss, nn.LOSSES[loss]()
         self.optimizer = optimizer
         self.seed, self.step = int(seed), 0
+        self.share_memory = bool(share_memory)
         self.lr = optimizer.lr if optimizer is not None else 0.0
 
         # one trace (batch 2, so batch norm's shape checks pass) finds the layers and parameters
@@ -335,7 +337,7 @@ class Executor:
                              for i, layer in enumerate(self.layers)
                              for k, v in self.buffers_of(layer).items()},
                  "optimizer": {k: host(v) for k, v in self.opt_state.items()},
-                 "step": self.step, "lr": self.lr}
+                 "step": self.step, "lr": self.lr, "seed": self.seed}  # (seed, step) key dropout masks
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -357,4 +359,5 @@ class Executor:
             if k in self.opt_state:
                 self._copy_in(self.opt_state[k], v)
         self.step = int(state.get("step", 0))
+        self.seed = int(state.get("seed", self.seed))
         self.lr = float(state.get("lr", self.lr))

@@ -1,0 +1,224 @@
+"""The graph executor: tracing, memory plan, backward through shared values, modes,
+and agreement with PyTorch on whole training runs."""
+import numpy as np
+import pytest
+
+from engine import nn
+from engine.executor import Executor
+from engine.graph import Model, summary, trace
+from engine.models import alexnet, lenet5
+from engine.optim import SGD, Adam
+from engine.tolerances import assert_close, tol
+
+
+def batch(rng, n=8, shape=(1, 28, 28), classes=10):
+    return rng.standard_normal((n, *shape)).astype(np.float32), rng.integers(0, classes, n)
+
+
+class Residual(Model):
+    """conv -> relu -> conv, plus the block's input (a value used twice)."""
+
+    def __init__(self):
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.body1 = nn.Conv2d(4, 4, 3, padding=1)
+        self.body2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.add, self.relu, self.relu2 = nn.Add(), nn.ReLU(), nn.ReLU()
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+
+    def forward(self, x):
+        h = self.stem(x)
+        return self.head(self.relu2(self.add(self.body2(self.relu(self.body1(h))), h)))
+
+
+def test_trace_reports_shape_mismatch_naming_layer_and_shapes():
+    model = nn.Sequential(nn.Conv2d(1, 6, 5), nn.Flatten(), nn.Linear(401, 10))
+    with pytest.raises(ValueError, match=r"Linear#\d+: input has 2400 features but weight expects 401"):
+        trace(model, (2, 1, 24, 24))
+    with pytest.raises(ValueError, match=r"Conv2d#\d+: input has 3 channels but weight expects 1"):
+        trace(lenet5(), (2, 3, 28, 28))
+
+
+def test_summary_counts_parameters_like_pytorch():
+    text = summary(alexnet(), (3, 224, 224))
+    assert "Total params: 61,100,840" in text  # torchvision's AlexNet has the same count
+    assert "(N, 256, 6, 6)" in text
+    assert "Total params: 61,706" in summary(lenet5(), (1, 28, 28))
+
+
+def test_memory_plan_shares_buffers_and_sharing_changes_nothing():
+    rng = np.random.default_rng(0)
+    x, y = batch(rng, 16)
+    runs = []
+    for share in (True, False):
+        nn.manual_seed(3)
+        ex = Executor(lenet5(), (1, 28, 28), optimizer=SGD(0.05, momentum=0.9), share_memory=share)
+        runs.append([float(ex.train_step(x, y)) for _ in range(4)])
+        plan = ex.plan(16, "train")
+        if share:
+            assert plan.arena_elements < 0.8 * plan.naive_elements
+        else:
+            assert plan.arena_elements == plan.naive_elements
+    assert runs[0] == runs[1]  # bitwise: no buffer was overwritten while still needed
+
+
+def test_buffers_are_allocated_once_and_reused():
+    rng = np.random.default_rng(1)
+    ex = Executor(lenet5(), (1, 28, 28), optimizer=Adam(1e-3))
+    x, y = batch(rng)
+    ex.train_step(x, y)
+    plan = ex.plan(8, "train")
+    ids = [(id(b.y), id(b.dy)) for b in plan.bound]
+    ex.train_step(*batch(rng))
+    assert ex.plan(8, "train") is plan
+    assert ids == [(id(b.y), id(b.dy)) for b in plan.bound]
+
+
+def test_value_used_twice_gets_both_gradient_contributions():
+    # y = lin(x) + lin(x) -> d/dW is exactly twice that of y = lin(x)
+    class Twice(Model):
+        def __init__(self, lin):
+            self.lin, self.add = lin, nn.Add()
+
+        def forward(self, x):
+            h = self.lin(x)
+            return self.add(h, h)
+
+    class Double(Model):  # the same function written with two uses of the layer (shared weights)
+        def __init__(self, lin):
+            self.lin, self.add = lin, nn.Add()
+
+        def forward(self, x):
+            return self.add(self.lin(x), self.lin(x))
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((5, 7)).astype(np.float32)
+    t = rng.standard_normal((5, 3)).astype(np.float32)
+    grads = []
+    for make in (Twice, Double):
+        nn.manual_seed(0)
+        ex = Executor(make(nn.Linear(7, 3)), (7,), loss="mse", optimizer=SGD(0.0))
+        ex.train_step(x, t)
+        grads.append(ex.grads_flat.copy())
+    # reference: d/dW mean((2 (x W^T + b) - t)^2) by the closed form
+    nn.manual_seed(0)
+    lin = nn.Linear(7, 3)
+    w, b = lin.params["weight"].astype(np.float64), lin.params["bias"].astype(np.float64)
+    y = 2 * (x @ w.T + b)
+    dy = 2 * (y - t) / y.size * 2  # d mse / d h, with h used twice
+    expect_w, expect_b = dy.T @ x, dy.sum(0)
+    for g in grads:
+        assert_close(g[:21].reshape(3, 7), expect_w, **tol("linear"))
+        assert_close(g[64:67], expect_b, **tol("linear"))
+
+
+def test_eval_mode_dropout_is_identity_and_batchnorm_uses_running_stats():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Dropout(0.5), nn.Linear(6, 3))
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((10, 1, 2, 2)).astype(np.float32)
+    ex = Executor(model, (1, 2, 2), optimizer=SGD(0.0))
+    first = ex.predict(x).copy()
+    assert np.array_equal(first, ex.predict(x))  # eval: deterministic, no dropout
+    ex.train_step(x, rng.integers(0, 3, 10))      # training updates running stats (lr 0)
+    assert not np.array_equal(first, ex.predict(x))
+    # one sample alone gives the same logits as inside a batch: statistics are not the batch's
+    assert_close(ex.predict(x[:1])[0], ex.predict(x)[0], **tol("batchnorm"))
+
+
+def test_alexnet_forward_and_backward_batch_2_at_224():
+    nn.manual_seed(0)
+    ex = Executor(alexnet(num_classes=10), (3, 224, 224), optimizer=SGD(0.01, momentum=0.9))
+    rng = np.random.default_rng(4)
+    x, y = batch(rng, 2, (3, 224, 224))
+    before = ex.params_flat.copy()
+    loss = float(ex.train_step(x, y))
+    assert np.isfinite(loss) and abs(loss - np.log(10)) < 0.5
+    assert np.abs(ex.grads_flat).max() > 0 and not np.array_equal(before, ex.params_flat)
+    assert ex.predict(x).shape == (2, 10)
+
+
+def test_bad_inputs_to_the_executor():
+    ex = Executor(lenet5(), (1, 28, 28), optimizer=SGD(0.1))
+    rng = np.random.default_rng(5)
+    x, y = batch(rng, 4)
+    with pytest.raises(ValueError, match=r"expected input of shape \(4, 1, 28, 28\), got \(4, 1, 28, 27\)"):
+        ex.train_step(x[..., :27], y)
+    with pytest.raises(ValueError, match="label 10 out of range"):
+        ex.train_step(x, np.array([0, 1, 2, 10]))
+    with pytest.raises(TypeError, match="labels must be integers"):
+        ex.train_step(x, y.astype(np.float32))
+    with pytest.raises(ValueError, match="loss must be one of"):
+        Executor(lenet5(), (1, 28, 28), loss="hinge")
+    with pytest.raises(RuntimeError, match="no usable GPU") if not _gpu() else _nothing():
+        Executor(lenet5(), (1, 28, 28), device="cuda")
+
+
+def _gpu():
+    from engine import cuda
+    return cuda.is_available()
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+# --------------------------------------------------------------------------- vs PyTorch
+
+
+def _torch_lenet(torch, ex):
+    tnn = torch.nn
+    net = tnn.Sequential(tnn.Conv2d(1, 6, 5, padding=2), tnn.ReLU(), tnn.MaxPool2d(2, 2),
+                         tnn.Conv2d(6, 16, 5), tnn.ReLU(), tnn.MaxPool2d(2, 2), tnn.Flatten(),
+                         tnn.Linear(400, 120), tnn.ReLU(), tnn.Linear(120, 84), tnn.ReLU(),
+                         tnn.Linear(84, 10))
+    ours = list(ex.state_dict()["params"].values())
+    theirs = [p for p in net.parameters()]
+    assert len(ours) == len(theirs)
+    with torch.no_grad():
+        for t, o in zip(theirs, ours):
+            t.copy_(torch.from_numpy(o))
+    return net
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_lenet_training_matches_pytorch(opt):
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(2)
+    nn.manual_seed(11)
+    optimizer = SGD(0.05, momentum=0.9) if opt == "sgd" else Adam(1e-3)
+    ex = Executor(lenet5(), (1, 28, 28), optimizer=optimizer)
+    net = _torch_lenet(torch, ex)
+    topt = (torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9) if opt == "sgd"
+            else torch.optim.Adam(net.parameters(), lr=1e-3))
+    rng = np.random.default_rng(12)
+    for step in range(20):
+        x, y = batch(rng, 32)
+        ours = float(ex.train_step(x, y))
+        topt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y))
+        loss.backward()
+        topt.step()
+        assert abs(ours - loss.item()) <= 1e-4 * abs(loss.item()), f"step {step}: {ours} vs {loss.item()}"
+
+
+def test_residual_gradients_match_pytorch():
+    torch = pytest.importorskip("torch")
+    nn.manual_seed(5)
+    model = Residual()
+    ex = Executor(model, (1, 6, 6), optimizer=SGD(0.0))
+    rng = np.random.default_rng(6)
+    x, y = batch(rng, 4, (1, 6, 6), 3)
+    ex.train_step(x, y)
+    p = {k: torch.tensor(v, requires_grad=True) for k, v in ex.state_dict()["params"].items()}
+    keys = list(p)
+    conv = torch.nn.functional.conv2d
+    xt = torch.from_numpy(x)
+    h = conv(xt, p[keys[0]], p[keys[1]], padding=1)
+    body = conv(torch.relu(conv(h, p[keys[2]], p[keys[3]], padding=1)), p[keys[4]], p[keys[5]], padding=1)
+    out = torch.relu(body + h).flatten(1) @ p[keys[6]].T + p[keys[7]]
+    torch.nn.functional.cross_entropy(out, torch.from_numpy(y)).backward()
+    for i, (layer, name) in enumerate((layer, name) for layer in ex.layers for name in layer.params):
+        assert_close(ex.grad(layer, name), p[keys[i]].grad.numpy(), **tol("training"), what=keys[i])
