@@ -1,21 +1,24 @@
-"""Convolution on the CPU: Numba kernels move the data, BLAS (np.dot) does the arithmetic.
+"""Convolution on the CPU: Numba kernels move the data, BLAS (np.matmul / np.dot) does the
+arithmetic. Same ops and layouts as engine.reference.conv (the spec); float32 in, float32 out.
 
-Same ops and layouts as engine.reference.conv (the spec). float32 in, float32 out.
+    cols (N, C*R*S, P*Q)   the contract's im2col layout; row c*R*S + r*S + s of sample n
+                           holds tap (r, s) of channel c at every output cell p*Q + q
+    wide (C*R*S, N*P*Q)    the same rows with the batch laid side by side, private to the
+                           weight gradient so that one GEMM sums over the whole batch
 
-The contract's im2col/col2im use the layout cols (N, C*R*S, P*Q). The convolutions
-themselves use a different, private layout that lets one GEMM cover the whole batch
-with the batch on the long side, which is where BLAS is fast for these shapes:
+    forward          y[n]  (K, P*Q)     = w2 @ cols[n]                 one batched matmul
+    backward data    dcols[n] (CRS, PQ) = w2.T @ dy[n]                 then col2im
+    backward weight  dw.T  (CRS, K)     = wide @ dy_t.T                one GEMM, inner dim N*P*Q
 
-    rows (N*P*Q, C*R*S): row n*P*Q + p*Q + q is the receptive field of output cell
-                         (n, p, q), in the same c, r, s order as w.reshape(K, C*R*S)
+with w2 = w.reshape(K, C*R*S) and dy_t (K, N*P*Q) dy with its batch and channel axes
+swapped. y[n] and dy[n] are already (K, P*Q) blocks of NCHW arrays, so forward and
+backward data need no transposes at all. Both cols layouts are filled with contiguous
+row segments (stride 1 along q), which is what makes im2col cheap. Timed against the
+alternatives (one GEMM with the batch as rows, (N*P*Q, C*R*S)) at the LeNet shapes; this
+mix was the fastest on 2 cores.
 
-    forward        t  (N*P*Q, K)     = rows @ w2.T          then y[n, k, l] = t[n*PQ + l, k] + b[k]
-    backward data  dr (N*P*Q, C*R*S) = dy_t @ w2            then summed back into dx (row2im)
-    backward weight dw (K, C*R*S)    = dy_t.T @ rows        one GEMM, the batch is its inner dimension
-
-with w2 = w.reshape(K, C*R*S) and dy_t (N*P*Q, K) the transpose of dy per sample. Every
-Numba kernel is parallel over samples (or sample-channel planes), so no two threads
-write one element and results do not depend on the thread count.
+Every Numba kernel is parallel over (sample, channel) planes or samples, so no two
+threads write one element, and results do not depend on the thread count.
 """
 from __future__ import annotations
 
@@ -43,22 +46,42 @@ def _span(n_out, stride, offset, size):
 # ---------------------------------------------------------------- contract layout
 
 
+@nb.njit(cache=True, inline="always")
+def _taps_to_cols(x, n, c, r_, s_, sh, sw, ph, pw, p_, q_, dst, row0, col0):
+    # the R*S taps of plane x[n, c] -> dst[row0 + r*S + s, col0 + p*Q + q]
+    h_, w_ = x.shape[2], x.shape[3]
+    for r in range(r_):
+        p_lo, p_hi = _span(p_, sh, r - ph, h_)
+        for s in range(s_):
+            q_lo, q_hi = _span(q_, sw, s - pw, w_)
+            row = dst[row0 + r * s_ + s, col0:col0 + p_ * q_]  # (P*Q,)
+            row[:p_lo * q_] = 0.0
+            row[p_hi * q_:] = 0.0
+            for p in range(p_lo, p_hi):
+                seg = row[p * q_:(p + 1) * q_]  # (Q,)
+                xrow = x[n, c, p * sh + r - ph]  # (W,)
+                seg[:q_lo] = 0.0
+                seg[q_hi:] = 0.0
+                for q in range(q_lo, q_hi):
+                    seg[q] = xrow[q * sw + s - pw]
+
+
 @nb.njit(cache=True, parallel=True)
 def _im2col_kernel(x, r_, s_, sh, sw, ph, pw, p_, q_, cols):
-    # x (N, C, H, W) -> cols (N, C*R*S, P*Q); one (n, c) plane per task
-    n_, c_, h_, w_ = x.shape
+    # x (N, C, H, W) -> cols (N, C*R*S, P*Q)
+    n_, c_ = x.shape[0], x.shape[1]
     for nc in nb.prange(n_ * c_):
         n, c = nc // c_, nc % c_
-        for r in range(r_):
-            p_lo, p_hi = _span(p_, sh, r - ph, h_)
-            for s in range(s_):
-                q_lo, q_hi = _span(q_, sw, s - pw, w_)
-                dst = cols[n, (c * r_ + r) * s_ + s]  # (P*Q,)
-                dst[:] = 0.0
-                for p in range(p_lo, p_hi):
-                    hrow = p * sh + r - ph
-                    for q in range(q_lo, q_hi):
-                        dst[p * q_ + q] = x[n, c, hrow, q * sw + s - pw]
+        _taps_to_cols(x, n, c, r_, s_, sh, sw, ph, pw, p_, q_, cols[n], c * r_ * s_, 0)
+
+
+@nb.njit(cache=True, parallel=True)
+def _im2col_wide_kernel(x, r_, s_, sh, sw, ph, pw, p_, q_, cols):
+    # x (N, C, H, W) -> cols (C*R*S, N*P*Q)
+    n_, c_ = x.shape[0], x.shape[1]
+    for nc in nb.prange(n_ * c_):
+        n, c = nc // c_, nc % c_
+        _taps_to_cols(x, n, c, r_, s_, sh, sw, ph, pw, p_, q_, cols, c * r_ * s_, n * p_ * q_)
 
 
 @nb.njit(cache=True, parallel=True)
@@ -67,16 +90,19 @@ def _col2im_kernel(cols, r_, s_, sh, sw, ph, pw, p_, q_, x):
     n_, c_, h_, w_ = x.shape
     for nc in nb.prange(n_ * c_):
         n, c = nc // c_, nc % c_
-        x[n, c] = 0.0
+        plane = x[n, c]
+        plane[:] = 0.0
         for r in range(r_):
             p_lo, p_hi = _span(p_, sh, r - ph, h_)
             for s in range(s_):
                 q_lo, q_hi = _span(q_, sw, s - pw, w_)
                 src = cols[n, (c * r_ + r) * s_ + s]  # (P*Q,)
                 for p in range(p_lo, p_hi):
-                    hrow = p * sh + r - ph
+                    xrow = plane[p * sh + r - ph]
+                    seg = src[p * q_:(p + 1) * q_]
                     for q in range(q_lo, q_hi):
-                        x[n, c, hrow, q * sw + s - pw] += src[p * q_ + q]
+                        xrow[q * sw + s - pw] += seg[q]
+
 
 
 def im2col(x, kernel, stride, padding, out=None):
@@ -107,92 +133,39 @@ def gemm(a, b, trans_a=False, trans_b=False, out=None):
     return out
 
 
-# ---------------------------------------------------------------- private rows layout
+# ---------------------------------------------------------------- convolutions
 
 
 @nb.njit(cache=True, parallel=True)
-def _im2row_kernel(x, r_, s_, sh, sw, ph, pw, p_, q_, rows):
-    # x (N, C, H, W) -> rows (N*P*Q, C*R*S); one sample per task
-    n_, c_, h_, w_ = x.shape
-    pq = p_ * q_
-    for n in nb.prange(n_):
-        block = rows[n * pq:(n + 1) * pq]  # (P*Q, C*R*S)
-        block[:] = 0.0
-        for c in range(c_):
-            for r in range(r_):
-                p_lo, p_hi = _span(p_, sh, r - ph, h_)
-                for p in range(p_lo, p_hi):
-                    xrow = x[n, c, p * sh + r - ph]  # (W,)
-                    for s in range(s_):
-                        q_lo, q_hi = _span(q_, sw, s - pw, w_)
-                        j = (c * r_ + r) * s_ + s
-                        for q in range(q_lo, q_hi):
-                            block[p * q_ + q, j] = xrow[q * sw + s - pw]
+def _add_channel_bias(y, b):
+    # y (N, K, L) += b (K,)
+    n_, k_, _ = y.shape
+    for nk in nb.prange(n_ * k_):
+        n, k = nk // k_, nk % k_
+        y[n, k] += b[k]
 
 
 @nb.njit(cache=True, parallel=True)
-def _row2im_kernel(rows, r_, s_, sh, sw, ph, pw, p_, q_, x):
-    # rows (N*P*Q, C*R*S) -> x (N, C, H, W), overlapping taps summed; one sample per task
-    n_, c_, h_, w_ = x.shape
-    pq = p_ * q_
+def _batch_to_channel_major(dy, t):
+    # dy (N, K, L) -> t (K, N*L)
+    n_, k_, l_ = dy.shape
     for n in nb.prange(n_):
-        block = rows[n * pq:(n + 1) * pq]  # (P*Q, C*R*S)
-        x[n] = 0.0
-        for c in range(c_):
-            for r in range(r_):
-                p_lo, p_hi = _span(p_, sh, r - ph, h_)
-                for p in range(p_lo, p_hi):
-                    xrow = x[n, c, p * sh + r - ph]  # (W,)
-                    for s in range(s_):
-                        q_lo, q_hi = _span(q_, sw, s - pw, w_)
-                        j = (c * r_ + r) * s_ + s
-                        for q in range(q_lo, q_hi):
-                            xrow[q * sw + s - pw] += block[p * q_ + q, j]
-
-
-@nb.njit(cache=True, parallel=True)
-def _rows_to_nchw(t, b, has_bias, y):
-    # t (N*P*Q, K) -> y (N, K, P*Q) = t per sample transposed, plus b[k]
-    n_, k_, pq = y.shape
-    for n in nb.prange(n_):
-        block = t[n * pq:(n + 1) * pq]  # (P*Q, K)
         for k in range(k_):
-            bias = b[k] if has_bias else np.float32(0.0)
-            for l in range(pq):
-                y[n, k, l] = block[l, k] + bias
-
-
-@nb.njit(cache=True, parallel=True)
-def _nchw_to_rows(dy, t):
-    # dy (N, K, P*Q) -> t (N*P*Q, K)
-    n_, k_, pq = dy.shape
-    for n in nb.prange(n_):
-        block = t[n * pq:(n + 1) * pq]  # (P*Q, K)
-        for l in range(pq):
-            for k in range(k_):
-                block[l, k] = dy[n, k, l]
-
-
-_NO_BIAS = np.zeros(1, dtype=np.float32)
-
-
-def _rows(x, kernel, stride, padding):
-    n, c, h, w = x.shape
-    p, q = _output_size(h, w, kernel, stride, padding)
-    rows = np.empty((n * p * q, c * kernel[0] * kernel[1]), dtype=np.float32)
-    _im2row_kernel(x, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1], p, q, rows)
-    return rows
+            t[k, n * l_:(n + 1) * l_] = dy[n, k]
 
 
 def conv2d_forward(x, w, b, stride, padding, out=None):
     """x (N, C, H, W), w (K, C, R, S), b (K,) or None -> y (N, K, P, Q), float32."""
-    n = x.shape[0]
-    k, c, r, s = w.shape
-    p, q = _output_size(x.shape[2], x.shape[3], (r, s), stride, padding)
-    rows = _rows(x, (r, s), stride, padding)             # (N*P*Q, C*R*S)
-    t = np.dot(rows, w.reshape(k, c * r * s).T)          # (N*P*Q, K)
+    n, c, h, wd = x.shape
+    k, _, r, s = w.shape
+    p, q = _output_size(h, wd, (r, s), stride, padding)
+    cols = np.empty((n, c * r * s, p * q), dtype=np.float32)
+    _im2col_kernel(x, r, s, stride[0], stride[1], padding[0], padding[1], p, q, cols)
     y = _empty((n, k, p, q), out)
-    _rows_to_nchw(t, _NO_BIAS if b is None else b, b is not None, y.reshape(n, k, p * q))
+    y3 = y.reshape(n, k, p * q)                            # a view: matmul writes straight into y
+    np.matmul(w.reshape(k, c * r * s), cols, out=y3)       # (K, CRS) @ (N, CRS, PQ) -> (N, K, PQ)
+    if b is not None:
+        _add_channel_bias(y3, b)
     return y
 
 
@@ -200,11 +173,9 @@ def conv2d_backward_data(dy, w, x_shape, stride, padding, out=None):
     """dy (N, K, P, Q), w (K, C, R, S) -> dx (N, C, H, W), float32."""
     n, k, p, q = dy.shape
     _, c, r, s = w.shape
-    dy_t = np.empty((n * p * q, k), dtype=np.float32)
-    _nchw_to_rows(dy.reshape(n, k, p * q), dy_t)
-    drows = np.dot(dy_t, w.reshape(k, c * r * s))         # (N*P*Q, C*R*S)
+    dcols = np.matmul(w.reshape(k, c * r * s).T, dy.reshape(n, k, p * q))  # (CRS, K) @ (N, K, PQ) -> (N, CRS, PQ)
     dx = _empty(tuple(x_shape), out)
-    _row2im_kernel(drows, r, s, stride[0], stride[1], padding[0], padding[1], p, q, dx)
+    _col2im_kernel(dcols, r, s, stride[0], stride[1], padding[0], padding[1], p, q, dx)
     return dx
 
 
@@ -212,9 +183,11 @@ def conv2d_backward_weight(dy, x, w_shape, stride, padding, out=None):
     """dy (N, K, P, Q), x (N, C, H, W) -> dw (K, C, R, S), float32."""
     n, k, p, q = dy.shape
     _, c, r, s = w_shape
-    rows = _rows(x, (r, s), stride, padding)              # (N*P*Q, C*R*S)
-    dy_t = np.empty((n * p * q, k), dtype=np.float32)
-    _nchw_to_rows(dy.reshape(n, k, p * q), dy_t)
+    wide = np.empty((c * r * s, n * p * q), dtype=np.float32)
+    _im2col_wide_kernel(x, r, s, stride[0], stride[1], padding[0], padding[1], p, q, wide)
+    dy_t = np.empty((k, n * p * q), dtype=np.float32)
+    _batch_to_channel_major(dy.reshape(n, k, p * q), dy_t)
     dw = _empty(tuple(w_shape), out)
-    np.dot(dy_t.T, rows, out=dw.reshape(k, c * r * s))    # (K, C*R*S), summed over the batch by BLAS
+    # (CRS, NPQ) @ (NPQ, K): BLAS sums over the batch; this orientation beat dy_t @ wide.T
+    dw.reshape(k, c * r * s)[...] = np.dot(wide, dy_t.T).T
     return dw
