@@ -16,8 +16,8 @@ pytestmark = pytest.mark.skipif(not GPU, reason=f"no GPU/CuPy: {WHY_NOT}")
 CASES = validate.cases("lenet", 256)
 IDS = [f"{c.op}-{c.label}" for c in CASES]
 ROUNDS = dict(rounds=50, warmup_rounds=3, iterations=1)
-EXPOSURES = [pytest.param("cuda-ext", marks=pytest.mark.skipif(
-                 not EXTENSION, reason="the compiled extension (cuda-ext) is not built")), "cuda-rtc"]
+NO_EXTENSION = "the compiled extension (cuda-ext) is not built" if GPU else f"no GPU/CuPy: {WHY_NOT}"
+EXPOSURES = [pytest.param("cuda-ext", marks=pytest.mark.skipif(not EXTENSION, reason=NO_EXTENSION)), "cuda-rtc"]
 
 
 def _synced(fn, synchronize):

@@ -485,6 +485,7 @@ def run_gpu_ops(quick: bool = False, ops=None, log=print) -> tuple[list[dict], d
             fn = torch_counterpart(case, targs, "cuda")
             if fn is not None:
                 torch.backends.cudnn.enabled = True
+                torch.backends.cudnn.benchmark = True  # let cuDNN pick its fastest algorithm (warm-up tunes)
                 for label, tf32 in (("fp32", False), ("tf32", True)):
                     if label == "tf32" and flops is None:
                         continue  # TF32 only changes matrix products
