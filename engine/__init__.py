@@ -4,4 +4,13 @@ NumPy float64 references define each op (engine.reference), Numba kernels run it
 the CPU (engine.cpu), hand-written CUDA kernels on the GPU (kernels/, engine.cuda);
 engine.backend is the one place that picks among them.
 """
+import os as _os
+
+# Numba's parallel loops run on OpenMP threads, which by default spin while waiting for
+# work. Between our parallel regions come BLAS calls with threads of their own, and any
+# other busy process on the machine: spinning threads then steal the cores those need
+# (measured on 2 cores under load: a LeNet step took 756 ms spinning, 56 ms passive).
+# Set before Numba starts its thread pool; a user's own setting wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"
