@@ -8,9 +8,11 @@ partial, then the partials are summed over N in a fixed order, so statistics and
 gradients are bitwise the same on every run whatever the thread count. x of shape
 (N, C) has its own "rows" kernels: reductions walk the rows in order with one
 accumulator per feature (vectorised across C), element-wise passes prange over rows.
-Small arrays run serially (see engine.cpu.activation.kernel_pair). The batch variance comes from sums of (x - K) and (x - K)^2 with K = one sample
-of the channel: one read of x, and no catastrophic cancellation when the mean is large
-next to the spread. Per-element arithmetic is float64 (free: these passes are bound
+Small arrays run serially (see engine.cpu.activation.kernel_pair).
+
+The batch variance comes from sums of (x - K) and (x - K)^2 with K = one sample of the
+channel: one read of x, and no catastrophic cancellation when the mean is large next
+to the spread. Per-element arithmetic is float64 (free: these passes are bound
 by memory, not by arithmetic).
 
     forward, training   pass 1 reads x (statistics); pass 2 reads x, writes y
@@ -85,7 +87,7 @@ def _normalize(x, mean, scale, beta, relu, y):
         if relu:
             for j in range(hw):
                 v = (np.float64(x[i, ch, j]) - m) * s + b
-                y[i, ch, j] = v if v > 0 else 0.0
+                y[i, ch, j] = 0.0 if v <= 0 else v  # NaN passes through, as np.maximum
         else:
             for j in range(hw):
                 y[i, ch, j] = (np.float64(x[i, ch, j]) - m) * s + b
@@ -165,7 +167,7 @@ def _rows_normalize(x, mean, scale, beta, relu, y):
     for i in prange(n):
         for ch in range(c):
             v = (np.float64(x[i, ch]) - mean[ch]) * scale[ch] + beta[ch]
-            y[i, ch] = v if (v > 0 or not relu) else 0.0
+            y[i, ch] = 0.0 if (relu and v <= 0) else v
 
 
 @njit(cache=True)
