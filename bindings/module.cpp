@@ -47,6 +47,8 @@ const char* dtype_name(const std::string& typestr) {
     if (typestr == "<i4") return "int32";
     if (typestr == "<i8") return "int64";
     if (typestr == "|u1") return "uint8";
+    if (typestr == "<f8") return "float64";
+    if (typestr == "<f2") return "float16";
     return nullptr;
 }
 
@@ -539,6 +541,17 @@ void adagrad_update(py::handle param_, py::handle grad_, py::handle sum_sq_, flo
                            lr, eps, weight_decay, param.size, as_stream(stream));
 }
 
+// Number of CUDA devices the runtime sees; 0 when there is no driver or no device. A CUDA
+// call, so only on request, never at import.
+int device_count() {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+        cudaGetLastError();  // clear the error so later calls do not report it
+        return 0;
+    }
+    return count;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cuda_ext, m) {
@@ -546,6 +559,8 @@ PYBIND11_MODULE(_cuda_ext, m) {
               "Arrays are CuPy arrays; stream is cupy.cuda.get_current_stream().ptr.";
     using namespace pybind11::literals;
     const auto s = "stream"_a = (uintptr_t)0;
+
+    m.def("device_count", &device_count, "CUDA devices visible to the runtime (0 without driver or device)");
 
     m.def("im2col", &im2col, "x (N,C,H,W) -> cols (N,C*R*S,P*Q)", "x"_a, "cols"_a, "kh"_a, "kw"_a, "sh"_a, "sw"_a,
           "ph"_a, "pw"_a, s);
