@@ -46,63 +46,91 @@ def _span(n_out, stride, offset, size):
 # ---------------------------------------------------------------- contract layout
 
 
+# The kernels below index flat arrays with computed offsets instead of slicing: rows are
+# short (Q is 10..55 at LeNet/AlexNet sizes), and building a view per row cost more than
+# copying it. The inner copies use unsigned indices: Numba then skips its negative-index
+# wraparound, and LLVM vectorizes the loop (im2col went from 6 ms to 1.3 ms at LeNet conv1).
+
+
 @nb.njit(cache=True, inline="always")
-def _taps_to_cols(x, n, c, r_, s_, sh, sw, ph, pw, p_, q_, dst, row0, col0):
-    # the R*S taps of plane x[n, c] -> dst[row0 + r*S + s, col0 + p*Q + q]
-    h_, w_ = x.shape[2], x.shape[3]
+def _taps_to_cols(xf, xoff, h_, w_, r_, s_, sh, sw, ph, pw, p_, q_, dst, doff, dstride):
+    # the R*S taps of the plane at xf[xoff:xoff + H*W] -> rows of dst starting at doff,
+    # row (r*S + s) at doff + (r*S + s)*dstride, element p*Q + q within it
     for r in range(r_):
         p_lo, p_hi = _span(p_, sh, r - ph, h_)
         for s in range(s_):
             q_lo, q_hi = _span(q_, sw, s - pw, w_)
-            row = dst[row0 + r * s_ + s, col0:col0 + p_ * q_]  # (P*Q,)
-            row[:p_lo * q_] = 0.0
-            row[p_hi * q_:] = 0.0
+            row = doff + (r * s_ + s) * dstride
+            for i in range(row, row + p_lo * q_):            # rows of padding above
+                dst[i] = 0.0
+            for i in range(row + p_hi * q_, row + p_ * q_):  # and below
+                dst[i] = 0.0
             for p in range(p_lo, p_hi):
-                seg = row[p * q_:(p + 1) * q_]  # (Q,)
-                xrow = x[n, c, p * sh + r - ph]  # (W,)
-                seg[:q_lo] = 0.0
-                seg[q_hi:] = 0.0
-                for q in range(q_lo, q_hi):
-                    seg[q] = xrow[q * sw + s - pw]
+                d = row + p * q_
+                for i in range(d, d + q_lo):                 # padding left
+                    dst[i] = 0.0
+                for i in range(d + q_hi, d + q_):            # and right
+                    dst[i] = 0.0
+                # in-bounds run: dst[d + q] = x[h, q*sw + s - pw] for q in [q_lo, q_hi)
+                dq = np.uint64(d + q_lo)
+                xq = np.uint64(xoff + (p * sh + r - ph) * w_ + q_lo * sw + s - pw)
+                if sw == 1:
+                    for i in range(np.uint64(q_hi - q_lo)):
+                        dst[dq + i] = xf[xq + i]
+                else:
+                    step = np.uint64(sw)
+                    for i in range(np.uint64(q_hi - q_lo)):
+                        dst[dq + i] = xf[xq + i * step]
 
 
 @nb.njit(cache=True, parallel=True)
 def _im2col_kernel(x, r_, s_, sh, sw, ph, pw, p_, q_, cols):
-    # x (N, C, H, W) -> cols (N, C*R*S, P*Q)
-    n_, c_ = x.shape[0], x.shape[1]
+    # x (N, C, H, W) -> cols (N, C*R*S, P*Q); one (n, c) plane per task
+    n_, c_, h_, w_ = x.shape
+    xf, cf = x.reshape(-1), cols.reshape(-1)
+    rs, pq = r_ * s_, p_ * q_
     for nc in nb.prange(n_ * c_):
-        n, c = nc // c_, nc % c_
-        _taps_to_cols(x, n, c, r_, s_, sh, sw, ph, pw, p_, q_, cols[n], c * r_ * s_, 0)
+        _taps_to_cols(xf, nc * h_ * w_, h_, w_, r_, s_, sh, sw, ph, pw, p_, q_, cf, nc * rs * pq, pq)
 
 
 @nb.njit(cache=True, parallel=True)
-def _im2col_wide_kernel(x, r_, s_, sh, sw, ph, pw, p_, q_, cols):
-    # x (N, C, H, W) -> cols (C*R*S, N*P*Q)
-    n_, c_ = x.shape[0], x.shape[1]
+def _im2col_wide_kernel(x, r_, s_, sh, sw, ph, pw, p_, q_, wide):
+    # x (N, C, H, W) -> wide (C*R*S, N*P*Q); one (n, c) plane per task
+    n_, c_, h_, w_ = x.shape
+    xf, wf = x.reshape(-1), wide.reshape(-1)
+    rs, pq = r_ * s_, p_ * q_
     for nc in nb.prange(n_ * c_):
         n, c = nc // c_, nc % c_
-        _taps_to_cols(x, n, c, r_, s_, sh, sw, ph, pw, p_, q_, cols, c * r_ * s_, n * p_ * q_)
+        _taps_to_cols(xf, nc * h_ * w_, h_, w_, r_, s_, sh, sw, ph, pw, p_, q_,
+                      wf, c * rs * n_ * pq + n * pq, n_ * pq)
 
 
 @nb.njit(cache=True, parallel=True)
 def _col2im_kernel(cols, r_, s_, sh, sw, ph, pw, p_, q_, x):
     # cols (N, C*R*S, P*Q) -> x (N, C, H, W), overlapping taps summed; one (n, c) plane per task
     n_, c_, h_, w_ = x.shape
+    xf, cf = x.reshape(-1), cols.reshape(-1)
+    rs, pq, hw = r_ * s_, p_ * q_, h_ * w_
     for nc in nb.prange(n_ * c_):
-        n, c = nc // c_, nc % c_
-        plane = x[n, c]
-        plane[:] = 0.0
+        xoff = nc * hw
+        for i in range(xoff, xoff + hw):
+            xf[i] = 0.0
         for r in range(r_):
             p_lo, p_hi = _span(p_, sh, r - ph, h_)
             for s in range(s_):
                 q_lo, q_hi = _span(q_, sw, s - pw, w_)
-                src = cols[n, (c * r_ + r) * s_ + s]  # (P*Q,)
+                row = (nc * rs + r * s_ + s) * pq
                 for p in range(p_lo, p_hi):
-                    xrow = plane[p * sh + r - ph]
-                    seg = src[p * q_:(p + 1) * q_]
-                    for q in range(q_lo, q_hi):
-                        xrow[q * sw + s - pw] += seg[q]
-
+                    # x[h, q*sw + s - pw] += cols[row + p*Q + q] for q in [q_lo, q_hi)
+                    dq = np.uint64(row + p * q_ + q_lo)
+                    xq = np.uint64(xoff + (p * sh + r - ph) * w_ + q_lo * sw + s - pw)
+                    if sw == 1:
+                        for i in range(np.uint64(q_hi - q_lo)):
+                            xf[xq + i] += cf[dq + i]
+                    else:
+                        step = np.uint64(sw)
+                        for i in range(np.uint64(q_hi - q_lo)):
+                            xf[xq + i * step] += cf[dq + i]
 
 
 def im2col(x, kernel, stride, padding, out=None):
