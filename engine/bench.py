@@ -37,7 +37,6 @@ import numpy as np
 
 from engine import validate
 from engine.backend import get_backend
-from engine.tolerances import is_close, tol
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
@@ -71,6 +70,8 @@ def environment(command: str | None = None) -> dict:
         "python": platform.python_version(), "numpy": np.__version__, "numba": _version("numba"),
         "torch": _version("torch"), "cpu": _cpu_model(), "cpu_cores": os.cpu_count(),
         "gpu": None, "driver": None, "cuda_runtime": None, "cupy": _version("cupy"), "cudnn": None,
+        # other processes competing for the cores make CPU times meaningless: say how busy it was
+        "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     try:
         import torch
@@ -666,9 +667,14 @@ def results_markdown(env: dict, sections: list[tuple[str, str, list[str]]]) -> s
     lines = [f"# Benchmark results {env['date']} on {env.get('gpu') or env['cpu']}", "",
              f"Command: `{env['command']}`", "", "| what | version |", "| --- | --- |"]
     for key in ("cpu", "cpu_cores", "torch_threads", "gpu", "driver", "cuda_runtime", "cupy", "cudnn",
-                "torch", "numpy", "numba", "python"):
+                "torch", "numpy", "numba", "python", "load_average_at_start", "load_average_at_end"):
         if env.get(key) is not None:
             lines.append(f"| {key} | {env[key]} |")
+    load, cores = env.get("load_average_at_start"), env.get("cpu_cores") or 1
+    if load is not None and load > cores:
+        lines += ["", f"**Caution:** the machine was busy (1-minute load average {load:.1f} on {cores} cores "
+                      "at the start): CPU times include waiting for other processes; rerun on an idle "
+                      "machine before quoting them."]
     for title, header, body in sections:
         lines += ["", f"## {title}", "", "```", header] + body + ["```"]
     return "\n".join(lines) + "\n"
@@ -739,6 +745,8 @@ def main(argv=None, command: str | None = None) -> int:
             rows += run_train(device, args.quick, log=lambda line: (print(line), body.append(line)))
         sections.append(("Training throughput (synthetic data)", "model batch device impl images/s", body))
 
+    if hasattr(os, "getloadavg"):
+        env["load_average_at_end"] = os.getloadavg()[0]
     if not args.no_write:
         device = args.device_name or (_slug(env["gpu"]) if gpu else f"cpu-{os.cpu_count()}core")
         md, js = write_results(env, device, sections, rows, extra, Path(args.out_dir))
