@@ -23,7 +23,7 @@
 #include "common.cuh"
 
 extern "C" __global__ void relu_forward_kernel(const float* x, float* y, i64 n) {
-    GRID_STRIDE_LOOP(i, n) y[i] = fmaxf(x[i], 0.0f);
+    GRID_STRIDE_LOOP(i, n) y[i] = relu_value(x[i]);
 }
 
 extern "C" __global__ void relu_backward_kernel(const float* dy, const float* y,
@@ -36,7 +36,7 @@ extern "C" __global__ void bias_relu_forward_kernel(const float* x, const float*
                                                     float* y, i64 n, int channels, i64 hw) {
     GRID_STRIDE_LOOP(i, n) {
         const int c = (int)((i / hw) % channels);
-        y[i] = fmaxf(x[i] + b[c], 0.0f);
+        y[i] = relu_value(x[i] + b[c]);
     }
 }
 

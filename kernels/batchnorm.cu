@@ -74,7 +74,7 @@ extern "C" __global__ void batch_norm_forward_kernel(const float* x, const float
     GRID_STRIDE_LOOP(i, n) {
         const int c = (int)((i / hw) % channels);
         float v = (x[i] - mean[c]) * invstd[c] * gamma[c] + beta[c];
-        if (relu) v = fmaxf(v, 0.0f);
+        if (relu) v = relu_value(v);
         y[i] = v;
     }
 }

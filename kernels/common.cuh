@@ -20,6 +20,10 @@ typedef long long i64;
 #define ENGINE_INFINITY __int_as_float(0x7f800000)
 #define ENGINE_NAN __int_as_float(0x7fc00000)
 
+// max(v, 0) that lets NaN through, as np.maximum and torch.relu do: a NaN activation must
+// reach the loss (where training stops on it), not turn silently into 0 as fmaxf would.
+__device__ __forceinline__ float relu_value(float v) { return v < 0.0f ? 0.0f : v; }
+
 // Sum of v over the 32 lanes of a warp; every lane gets the total.
 __device__ __forceinline__ float warp_sum(float v) {
     for (int offset = 16; offset > 0; offset >>= 1)

@@ -159,7 +159,7 @@ __device__ __forceinline__ void gemm_tile(int M, int N, int K, const float* __re
                     float r = acc[h * 4 + i][g * 4 + j];
                     if (bias_axis == 0) r += bias[gm];
                     else if (bias_axis == 1 && gn + j < N) r += bias[gn + j];
-                    if (relu) r = fmaxf(r, 0.0f);
+                    if (relu) r = relu_value(r);
                     v[j] = r;
                 }
                 float* dst = Cz + (i64)gm * ldc + gn;

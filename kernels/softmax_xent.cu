@@ -5,9 +5,10 @@
 // to the host, so a training step never waits on the GPU.
 //
 //   softmax_xent_forward_kernel  one warp per row (blockDim.x = ENGINE_REDUCE_THREADS, so
-//       8 rows per block): m = max_k x; s = sum_k exp(x - m); lse = m + log s;
-//       row_loss[n] = lse - x[label]; dlogits = (exp(x - m) / s - onehot) / N.
+//       8 rows per block): m = max_k x; s = sum_k exp(x - m);
+//       dlogits = (exp(x - m) / s - onehot) / N.
 //       Subtracting the max keeps exp <= 1, so logits of magnitude 1e4 stay finite.
+//       row_loss = log s - (x[label] - m) (see the kernel for why not lse - x[label]).
 //       A label outside [0, K) (never passed by engine.functional) gives a NaN row loss
 //       instead of reading out of bounds.
 //   mse_partial_forward_kernel   per-block partial sums of (pred - target)^2, grid-stride;
@@ -43,7 +44,9 @@ extern "C" __global__ void softmax_xent_forward_kernel(const float* __restrict__
         const float prob = expf(x[k] - m) * inv_s;
         dx[k] = (prob - (k == label ? 1.0f : 0.0f)) * inv_n;
     }
-    if (lane == 0) row_loss[row] = valid ? (m + logf(s)) - x[label] : ENGINE_NAN;
+    // log(s) - (x[label] - m), not (m + log s) - x[label]: with logits near 1e4 the latter
+    // cancels two large floats and loses ~1e-3 of the loss
+    if (lane == 0) row_loss[row] = valid ? logf(s) - (x[label] - m) : ENGINE_NAN;
 }
 
 extern "C" __global__ void mse_partial_forward_kernel(const float* __restrict__ pred,

@@ -32,12 +32,15 @@ def is_available() -> bool:
 
 
 def extension_available() -> bool:
-    """True when the compiled extension engine._cuda_ext imports (no GPU needed for that)."""
+    """True when the compiled extension engine._cuda_ext imports (no GPU needed for that) and,
+    where CuPy sees a GPU, the extension's own CUDA runtime sees it too. It links its runtime
+    statically, so a driver too old for the toolkit it was built with shows up here (as
+    no device) and the "auto" exposure falls back to NVRTC instead of failing at a launch."""
     try:
-        importlib.import_module("engine._cuda_ext")
-        return True
+        ext = importlib.import_module("engine._cuda_ext")
     except ImportError:
         return False
+    return not is_available() or ext.device_count() > 0
 
 
 def launchers(exposure: str):
