@@ -435,6 +435,7 @@ class EmulatedLaunchers:
         outputs = c.shape[0] if c.ndim == 3 else 1
         per_output = -(-batch // outputs)
         assert -(-batch // per_output) == outputs, "the launcher would reject this split"
+        assert (bias is None) == (bias_axis == -1), "the launcher rejects a bias_axis without a bias and vice versa"
         self.gemm_calls.append((a.shape, b.shape, c.shape, trans_a, trans_b))
         prod = np.matmul(np.asarray(op_a, np.float64), np.asarray(op_b, np.float64))
         prod = np.broadcast_to(prod, (batch,) + prod.shape[-2:])
@@ -699,3 +700,18 @@ def test_glue_rejects_what_must_not_reach_a_kernel(emulated_backend):
                                                        cp.asarray(np.zeros(2, np.float32)))
     with pytest.raises(TypeError, match="dropout_forward: expected an integer seed"):
         emulated_backend.dropout_forward(x, 0.5, 1.5)
+
+
+def test_glue_handles_optional_bias_and_host_scalar_dloss(emulated_backend):
+    from engine.reference import linear as ref_linear, loss as ref_loss
+    from engine.tolerances import assert_close, tol
+    cp = sys.modules["cupy"]
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((5, 7)).astype(np.float32), rng.standard_normal((3, 7)).astype(np.float32)
+    y = emulated_backend.linear_forward(cp.asarray(x), cp.asarray(w), None)
+    assert_close(y, ref_linear.linear_forward(x, w, None), **tol("linear"), what="linear without bias")
+    pred, target = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal((4, 3)).astype(np.float32)
+    expected = ref_loss.mse_loss_backward(pred, target, 0.5)
+    for dloss in (0.5, np.float32(0.5), np.array(0.5), cp.asarray(np.array([0.5], np.float32))):
+        got = emulated_backend.mse_loss_backward(cp.asarray(pred), cp.asarray(target), dloss)
+        assert_close(got, expected, **tol("loss"), what=f"mse backward with dloss {type(dloss).__name__}")

@@ -23,6 +23,8 @@ def matmul(L, a, b, trans_a, trans_b, out, bias=None, bias_axis=-1, relu=False):
     """out = epilogue(op(a) @ op(b)) for checked arrays. a, b: 2-D, or 3-D (batch, rows, cols)
     with 2-D operands shared by the batch; out: 3-D (batch, M, N), or 2-D where a batched
     product is summed over the batch. bias_axis 0: bias per row of out, 1: per column."""
+    if bias is None:
+        bias_axis = -1
     if c.gemm_backend() == "cublas":
         return _matmul_cublas(a, b, trans_a, trans_b, out, bias, bias_axis, relu)
     batched = a.ndim == 3 or b.ndim == 3

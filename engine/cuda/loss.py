@@ -49,6 +49,8 @@ def mse_loss_backward(L, pred, target, dloss, out=None):
     cp = c.cupy()
     pred, target = c.array(op, "pred", pred), c.array(op, "target", target)
     c.same_shape(op, "pred", pred, target=target)
+    if isinstance(dloss, np.ndarray) and dloss.size == 1:  # a host scalar array
+        dloss = dloss.reshape(()).item()
     if isinstance(dloss, (numbers.Real, np.number)):
         dloss = cp.full((), dloss, dtype=np.float32)
     elif isinstance(dloss, cp.ndarray):
