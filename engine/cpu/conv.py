@@ -53,56 +53,57 @@ def _span(n_out, stride, offset, size):
 
 
 @nb.njit(cache=True, inline="always")
-def _taps_to_cols(xf, xoff, h_, w_, r_, s_, sh, sw, ph, pw, p_, q_, dst, doff, dstride):
-    # the R*S taps of the plane at xf[xoff:xoff + H*W] -> rows of dst starting at doff,
-    # row (r*S + s) at doff + (r*S + s)*dstride, element p*Q + q within it
-    for r in range(r_):
-        p_lo, p_hi = _span(p_, sh, r - ph, h_)
-        for s in range(s_):
-            q_lo, q_hi = _span(q_, sw, s - pw, w_)
-            row = doff + (r * s_ + s) * dstride
-            for i in range(row, row + p_lo * q_):            # rows of padding above
+def _taps_to_cols(xf, xoff, h_, w_, r, s_, sh, sw, ph, pw, p_, q_, dst, doff, dstride):
+    # the S taps (r, 0..S-1) of the plane at xf[xoff:xoff + H*W] -> S rows of dst:
+    # tap (r, s) at dst[doff + s*dstride + p*Q + q]
+    p_lo, p_hi = _span(p_, sh, r - ph, h_)
+    for s in range(s_):
+        q_lo, q_hi = _span(q_, sw, s - pw, w_)
+        row = doff + s * dstride
+        for i in range(row, row + p_lo * q_):            # rows of padding above
+            dst[i] = 0.0
+        for i in range(row + p_hi * q_, row + p_ * q_):  # and below
+            dst[i] = 0.0
+        for p in range(p_lo, p_hi):
+            d = row + p * q_
+            for i in range(d, d + q_lo):                 # padding left
                 dst[i] = 0.0
-            for i in range(row + p_hi * q_, row + p_ * q_):  # and below
+            for i in range(d + q_hi, d + q_):            # and right
                 dst[i] = 0.0
-            for p in range(p_lo, p_hi):
-                d = row + p * q_
-                for i in range(d, d + q_lo):                 # padding left
-                    dst[i] = 0.0
-                for i in range(d + q_hi, d + q_):            # and right
-                    dst[i] = 0.0
-                # in-bounds run: dst[d + q] = x[h, q*sw + s - pw] for q in [q_lo, q_hi)
-                dq = np.uint64(d + q_lo)
-                xq = np.uint64(xoff + (p * sh + r - ph) * w_ + q_lo * sw + s - pw)
-                if sw == 1:
-                    for i in range(np.uint64(q_hi - q_lo)):
-                        dst[dq + i] = xf[xq + i]
-                else:
-                    step = np.uint64(sw)
-                    for i in range(np.uint64(q_hi - q_lo)):
-                        dst[dq + i] = xf[xq + i * step]
+            # in-bounds run: dst[d + q] = x[h, q*sw + s - pw] for q in [q_lo, q_hi)
+            dq = np.uint64(d + q_lo)
+            xq = np.uint64(xoff + (p * sh + r - ph) * w_ + q_lo * sw + s - pw)
+            if sw == 1:
+                for i in range(np.uint64(q_hi - q_lo)):
+                    dst[dq + i] = xf[xq + i]
+            else:
+                step = np.uint64(sw)
+                for i in range(np.uint64(q_hi - q_lo)):
+                    dst[dq + i] = xf[xq + i * step]
 
 
 @nb.njit(cache=True, parallel=True)
 def _im2col_kernel(x, r_, s_, sh, sw, ph, pw, p_, q_, cols):
-    # x (N, C, H, W) -> cols (N, C*R*S, P*Q); one (n, c) plane per task
+    # x (N, C, H, W) -> cols (N, C*R*S, P*Q); one (n, c, r) task: S rows of cols
     n_, c_, h_, w_ = x.shape
     xf, cf = x.reshape(-1), cols.reshape(-1)
-    rs, pq = r_ * s_, p_ * q_
-    for nc in nb.prange(n_ * c_):
-        _taps_to_cols(xf, nc * h_ * w_, h_, w_, r_, s_, sh, sw, ph, pw, p_, q_, cf, nc * rs * pq, pq)
+    pq = p_ * q_
+    for ncr in nb.prange(n_ * c_ * r_):
+        nc, r = ncr // r_, ncr % r_
+        _taps_to_cols(xf, nc * h_ * w_, h_, w_, r, s_, sh, sw, ph, pw, p_, q_, cf, (ncr * s_) * pq, pq)
 
 
 @nb.njit(cache=True, parallel=True)
 def _im2col_wide_kernel(x, r_, s_, sh, sw, ph, pw, p_, q_, wide):
-    # x (N, C, H, W) -> wide (C*R*S, N*P*Q); one (n, c) plane per task
+    # x (N, C, H, W) -> wide (C*R*S, N*P*Q); one (n, c, r) task: S row segments of wide
     n_, c_, h_, w_ = x.shape
     xf, wf = x.reshape(-1), wide.reshape(-1)
-    rs, pq = r_ * s_, p_ * q_
-    for nc in nb.prange(n_ * c_):
-        n, c = nc // c_, nc % c_
-        _taps_to_cols(xf, nc * h_ * w_, h_, w_, r_, s_, sh, sw, ph, pw, p_, q_,
-                      wf, c * rs * n_ * pq + n * pq, n_ * pq)
+    pq = p_ * q_
+    for ncr in nb.prange(n_ * c_ * r_):
+        nc, r = ncr // r_, ncr % r_
+        n, cr = nc // c_, ncr % (c_ * r_)
+        _taps_to_cols(xf, nc * h_ * w_, h_, w_, r, s_, sh, sw, ph, pw, p_, q_,
+                      wf, (cr * s_) * (n_ * pq) + n * pq, n_ * pq)
 
 
 @nb.njit(cache=True, parallel=True)
@@ -182,18 +183,34 @@ def _batch_to_channel_major(dy, t):
             t[k, n * l_:(n + 1) * l_] = dy[n, k]
 
 
+# The convolutions walk the batch in chunks so that the im2col buffer stays a few MiB:
+# it is then still in cache when the GEMM reads it, and AlexNet-sized layers do not
+# allocate hundreds of MiB for it.
+_CHUNK_BYTES = 4 << 20
+
+
+def _chunks(n, bytes_per_sample):
+    """[start, stop) ranges covering range(n), each holding about _CHUNK_BYTES of columns."""
+    size = max(1, min(n, _CHUNK_BYTES // max(1, bytes_per_sample)))
+    return [(i, min(n, i + size)) for i in range(0, n, size)], size
+
+
 def conv2d_forward(x, w, b, stride, padding, out=None):
     """x (N, C, H, W), w (K, C, R, S), b (K,) or None -> y (N, K, P, Q), float32."""
     n, c, h, wd = x.shape
     k, _, r, s = w.shape
     p, q = _output_size(h, wd, (r, s), stride, padding)
-    cols = np.empty((n, c * r * s, p * q), dtype=np.float32)
-    _im2col_kernel(x, r, s, stride[0], stride[1], padding[0], padding[1], p, q, cols)
+    w2 = w.reshape(k, c * r * s)
     y = _empty((n, k, p, q), out)
-    y3 = y.reshape(n, k, p * q)                            # a view: matmul writes straight into y
-    np.matmul(w.reshape(k, c * r * s), cols, out=y3)       # (K, CRS) @ (N, CRS, PQ) -> (N, K, PQ)
-    if b is not None:
-        _add_channel_bias(y3, b)
+    y3 = y.reshape(n, k, p * q)                                # a view: matmul writes straight into y
+    chunks, size = _chunks(n, c * r * s * p * q * 4)
+    cols = np.empty((size, c * r * s, p * q), dtype=np.float32)
+    for n0, n1 in chunks:
+        m = n1 - n0
+        _im2col_kernel(x[n0:n1], r, s, stride[0], stride[1], padding[0], padding[1], p, q, cols[:m])
+        np.matmul(w2, cols[:m], out=y3[n0:n1])               # (K, CRS) @ (m, CRS, PQ) -> (m, K, PQ)
+        if b is not None:
+            _add_channel_bias(y3[n0:n1], b)
     return y
 
 
@@ -201,9 +218,15 @@ def conv2d_backward_data(dy, w, x_shape, stride, padding, out=None):
     """dy (N, K, P, Q), w (K, C, R, S) -> dx (N, C, H, W), float32."""
     n, k, p, q = dy.shape
     _, c, r, s = w.shape
-    dcols = np.matmul(w.reshape(k, c * r * s).T, dy.reshape(n, k, p * q))  # (CRS, K) @ (N, K, PQ) -> (N, CRS, PQ)
+    w2t = w.reshape(k, c * r * s).T                           # (CRS, K), BLAS reads it transposed
+    dy3 = dy.reshape(n, k, p * q)
     dx = _empty(tuple(x_shape), out)
-    _col2im_kernel(dcols, r, s, stride[0], stride[1], padding[0], padding[1], p, q, dx)
+    chunks, size = _chunks(n, c * r * s * p * q * 4)
+    dcols = np.empty((size, c * r * s, p * q), dtype=np.float32)
+    for n0, n1 in chunks:
+        m = n1 - n0
+        np.matmul(w2t, dy3[n0:n1], out=dcols[:m])           # (CRS, K) @ (m, K, PQ) -> (m, CRS, PQ)
+        _col2im_kernel(dcols[:m], r, s, stride[0], stride[1], padding[0], padding[1], p, q, dx[n0:n1])
     return dx
 
 
@@ -211,11 +234,19 @@ def conv2d_backward_weight(dy, x, w_shape, stride, padding, out=None):
     """dy (N, K, P, Q), x (N, C, H, W) -> dw (K, C, R, S), float32."""
     n, k, p, q = dy.shape
     _, c, r, s = w_shape
-    wide = np.empty((c * r * s, n * p * q), dtype=np.float32)
-    _im2col_wide_kernel(x, r, s, stride[0], stride[1], padding[0], padding[1], p, q, wide)
-    dy_t = np.empty((k, n * p * q), dtype=np.float32)
-    _batch_to_channel_major(dy.reshape(n, k, p * q), dy_t)
+    dy3 = dy.reshape(n, k, p * q)
+    chunks, size = _chunks(n, c * r * s * p * q * 4)
+    wide = np.empty(c * r * s * size * p * q, dtype=np.float32)
+    dy_t = np.empty(k * size * p * q, dtype=np.float32)
+    dw_t = np.zeros((c * r * s, k), dtype=np.float32)        # dw transposed, summed chunk by chunk
+    for n0, n1 in chunks:
+        m = n1 - n0
+        wide_m = wide[:c * r * s * m * p * q].reshape(c * r * s, m * p * q)
+        dy_m = dy_t[:k * m * p * q].reshape(k, m * p * q)
+        _im2col_wide_kernel(x[n0:n1], r, s, stride[0], stride[1], padding[0], padding[1], p, q, wide_m)
+        _batch_to_channel_major(dy3[n0:n1], dy_m)
+        # (CRS, mPQ) @ (mPQ, K): BLAS sums over the chunk; this orientation beat dy_t @ wide.T
+        dw_t += np.dot(wide_m, dy_m.T)
     dw = _empty(tuple(w_shape), out)
-    # (CRS, NPQ) @ (NPQ, K): BLAS sums over the batch; this orientation beat dy_t @ wide.T
-    dw.reshape(k, c * r * s)[...] = np.dot(wide, dy_t.T).T
+    dw.reshape(k, c * r * s)[...] = dw_t.T
     return dw
