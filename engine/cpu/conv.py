@@ -1,29 +1,46 @@
-"""Convolution on the CPU: Numba kernels move the data, BLAS (np.matmul / np.dot) does the
-arithmetic. Same ops and layouts as engine.reference.conv (the spec); float32 in, float32 out.
+"""Convolution on the CPU: Numba kernels move the data, BLAS (np.matmul) does the arithmetic.
 
-    cols (N, C*R*S, P*Q)   the contract's im2col layout; row c*R*S + r*S + s of sample n
-                           holds tap (r, s) of channel c at every output cell p*Q + q
-    wide (C*R*S, N*P*Q)    the same rows with the batch laid side by side, private to the
-                           weight gradient so that one GEMM sums over the whole batch
+Same ops and layouts as engine.reference.conv (the spec); float32 in, float32 out.
 
-    forward          y[n]  (K, P*Q)     = w2 @ cols[n]                 one batched matmul
-    backward data    dcols[n] (CRS, PQ) = w2.T @ dy[n]                 then col2im
-    backward weight  dw.T  (CRS, K)     = wide @ dy_t.T                one GEMM, inner dim N*P*Q
+    cols (N, C*R*S, P*Q)   im2col layout: row c*R*S + r*S + s of sample n holds tap (r, s)
+                           of channel c at every output cell p*Q + q
 
-with w2 = w.reshape(K, C*R*S) and dy_t (K, N*P*Q) dy with its batch and channel axes
-swapped. y[n] and dy[n] are already (K, P*Q) blocks of NCHW arrays, so forward and
-backward data need no transposes at all. Both cols layouts are filled with contiguous
-row segments (stride 1 along q), which is what makes im2col cheap. Timed against the
-alternatives (one GEMM with the batch as rows, (N*P*Q, C*R*S)) at the LeNet shapes; this
-mix was the fastest on 2 cores.
+    forward          y[n]     (K, PQ)   = w2 @ cols[n]          + b
+    backward data    dcols[n] (CRS, PQ) = w2.T @ dy[n]          then col2im into dx[n]
+    backward weight  dw       (K, CRS)  = sum_n dy[n] @ cols[n].T
 
-Every Numba kernel is parallel over (sample, channel) planes or samples, so no two
-threads write one element, and results do not depend on the thread count.
+with w2 = w.reshape(K, C*R*S). y[n] and dy[n] are already (K, P*Q) blocks of the NCHW
+arrays, so nothing is transposed, and im2col/col2im copy contiguous row segments.
+
+How the work is split (measured at the LeNet shapes, batch 256, on 2 cores):
+
+* The batch is walked in chunks of a few samples, so one chunk's cols (<= _CHUNK_BYTES)
+  is still in cache when the GEMM reads it, and AlexNet-sized layers do not allocate
+  hundreds of MiB of columns.
+* Per-sample GEMMs of LeNet are tiny (K*CRS*PQ = 0.1-0.25 M multiply-adds), below the
+  size where OpenBLAS starts its own threads, so BLAS alone would use one core. We
+  split the batch into one contiguous part per Numba thread and run the parts on a
+  small thread pool; the Numba kernels on that path release the GIL (nogil) and run
+  serially inside their part. Big per-sample GEMMs (AlexNet) run in one part and let
+  BLAS thread. Mixing both (parallel Numba loops between threaded GEMMs) was 1.3-2x
+  slower, and collapsed on a busy machine, where spinning thread pools fight.
+* The public im2col / col2im ops run alone, so they use parallel=True kernels.
+
+Results are deterministic: every sample is computed by one thread, and the weight
+gradient adds per-sample products in a fixed order per part, then the parts in order
+(so the bits depend on the thread count, not on scheduling).
 """
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numba as nb
 import numpy as np
+
+_CHUNK_BYTES = 2 << 20
+# OpenBLAS runs a GEMM on one thread when M*N*K is at most 65536 * GEMM_MULTITHREAD_THRESHOLD (4)
+_BLAS_SERIAL_MACS = 65536 * 4
 
 
 def _output_size(h, w, kernel, stride, padding):
@@ -35,6 +52,13 @@ def _empty(shape, out):
     return np.empty(shape, dtype=np.float32) if out is None else out
 
 
+# ---------------------------------------------------------------- kernels
+# They index flat arrays with computed offsets instead of slicing: rows are short (Q is
+# 10..55 at LeNet/AlexNet sizes) and a view per row cost more than copying the row. The
+# inner copies use unsigned indices: Numba then skips its negative-index wraparound, and
+# LLVM vectorizes the loop (im2col went from 6 ms to 1.3 ms at LeNet conv1).
+
+
 @nb.njit(cache=True, inline="always")
 def _span(n_out, stride, offset, size):
     """Output indices i in [lo, hi) whose input index i*stride + offset lies in [0, size)."""
@@ -43,95 +67,112 @@ def _span(n_out, stride, offset, size):
     return lo, max(lo, hi)
 
 
-# ---------------------------------------------------------------- contract layout
-
-
-# The kernels below index flat arrays with computed offsets instead of slicing: rows are
-# short (Q is 10..55 at LeNet/AlexNet sizes), and building a view per row cost more than
-# copying it. The inner copies use unsigned indices: Numba then skips its negative-index
-# wraparound, and LLVM vectorizes the loop (im2col went from 6 ms to 1.3 ms at LeNet conv1).
-
-
 @nb.njit(cache=True, inline="always")
-def _taps_to_cols(xf, xoff, h_, w_, r, s_, sh, sw, ph, pw, p_, q_, dst, doff, dstride):
-    # the S taps (r, 0..S-1) of the plane at xf[xoff:xoff + H*W] -> S rows of dst:
-    # tap (r, s) at dst[doff + s*dstride + p*Q + q]
+def _im2col_taps(xf, cf, ncr, h_, w_, r_, s_, sh, sw, ph, pw, p_, q_):
+    # task ncr = (n*C + c)*R + r: the S taps (r, 0..S-1) of plane (n, c) into cols rows
+    # ncr*S .. ncr*S + S-1 (of the flat (N, C*R*S, P*Q) array)
+    nc, r = ncr // r_, ncr % r_
+    xoff = nc * h_ * w_
     p_lo, p_hi = _span(p_, sh, r - ph, h_)
     for s in range(s_):
         q_lo, q_hi = _span(q_, sw, s - pw, w_)
-        row = doff + s * dstride
+        row = (ncr * s_ + s) * p_ * q_
         for i in range(row, row + p_lo * q_):            # rows of padding above
-            dst[i] = 0.0
+            cf[i] = 0.0
         for i in range(row + p_hi * q_, row + p_ * q_):  # and below
-            dst[i] = 0.0
+            cf[i] = 0.0
         for p in range(p_lo, p_hi):
             d = row + p * q_
             for i in range(d, d + q_lo):                 # padding left
-                dst[i] = 0.0
+                cf[i] = 0.0
             for i in range(d + q_hi, d + q_):            # and right
-                dst[i] = 0.0
-            # in-bounds run: dst[d + q] = x[h, q*sw + s - pw] for q in [q_lo, q_hi)
+                cf[i] = 0.0
+            # in-bounds run: cols[d + q] = x[h, q*sw + s - pw] for q in [q_lo, q_hi)
             dq = np.uint64(d + q_lo)
             xq = np.uint64(xoff + (p * sh + r - ph) * w_ + q_lo * sw + s - pw)
             if sw == 1:
                 for i in range(np.uint64(q_hi - q_lo)):
-                    dst[dq + i] = xf[xq + i]
+                    cf[dq + i] = xf[xq + i]
             else:
                 step = np.uint64(sw)
                 for i in range(np.uint64(q_hi - q_lo)):
-                    dst[dq + i] = xf[xq + i * step]
+                    cf[dq + i] = xf[xq + i * step]
+
+
+@nb.njit(cache=True, inline="always")
+def _col2im_plane(cf, xf, nc, h_, w_, r_, s_, sh, sw, ph, pw, p_, q_):
+    # plane nc = n*C + c of x = the sum of its R*S cols rows put back where im2col read them
+    hw, pq = h_ * w_, p_ * q_
+    xoff = nc * hw
+    for i in range(xoff, xoff + hw):
+        xf[i] = 0.0
+    for r in range(r_):
+        p_lo, p_hi = _span(p_, sh, r - ph, h_)
+        for s in range(s_):
+            q_lo, q_hi = _span(q_, sw, s - pw, w_)
+            row = ((nc * r_ + r) * s_ + s) * pq
+            for p in range(p_lo, p_hi):
+                # x[h, q*sw + s - pw] += cols[row + p*Q + q] for q in [q_lo, q_hi)
+                dq = np.uint64(row + p * q_ + q_lo)
+                xq = np.uint64(xoff + (p * sh + r - ph) * w_ + q_lo * sw + s - pw)
+                if sw == 1:
+                    for i in range(np.uint64(q_hi - q_lo)):
+                        xf[xq + i] += cf[dq + i]
+                else:
+                    step = np.uint64(sw)
+                    for i in range(np.uint64(q_hi - q_lo)):
+                        xf[xq + i * step] += cf[dq + i]
 
 
 @nb.njit(cache=True, parallel=True)
-def _im2col_kernel(x, r_, s_, sh, sw, ph, pw, p_, q_, cols):
-    # x (N, C, H, W) -> cols (N, C*R*S, P*Q); one (n, c, r) task: S rows of cols
+def _im2col_parallel(x, r_, s_, sh, sw, ph, pw, p_, q_, cols):
+    # x (N, C, H, W) -> cols (N, C*R*S, P*Q); one (n, c, r) task per iteration
     n_, c_, h_, w_ = x.shape
     xf, cf = x.reshape(-1), cols.reshape(-1)
-    pq = p_ * q_
     for ncr in nb.prange(n_ * c_ * r_):
-        nc, r = ncr // r_, ncr % r_
-        _taps_to_cols(xf, nc * h_ * w_, h_, w_, r, s_, sh, sw, ph, pw, p_, q_, cf, (ncr * s_) * pq, pq)
+        _im2col_taps(xf, cf, ncr, h_, w_, r_, s_, sh, sw, ph, pw, p_, q_)
 
 
-@nb.njit(cache=True, parallel=True)
-def _im2col_wide_kernel(x, r_, s_, sh, sw, ph, pw, p_, q_, wide):
-    # x (N, C, H, W) -> wide (C*R*S, N*P*Q); one (n, c, r) task: S row segments of wide
+@nb.njit(cache=True, nogil=True)
+def _im2col_serial(x, r_, s_, sh, sw, ph, pw, p_, q_, cols):
+    # as _im2col_parallel, on the calling thread, without the GIL
     n_, c_, h_, w_ = x.shape
-    xf, wf = x.reshape(-1), wide.reshape(-1)
-    pq = p_ * q_
-    for ncr in nb.prange(n_ * c_ * r_):
-        nc, r = ncr // r_, ncr % r_
-        n, cr = nc // c_, ncr % (c_ * r_)
-        _taps_to_cols(xf, nc * h_ * w_, h_, w_, r, s_, sh, sw, ph, pw, p_, q_,
-                      wf, (cr * s_) * (n_ * pq) + n * pq, n_ * pq)
+    xf, cf = x.reshape(-1), cols.reshape(-1)
+    for ncr in range(n_ * c_ * r_):
+        _im2col_taps(xf, cf, ncr, h_, w_, r_, s_, sh, sw, ph, pw, p_, q_)
 
 
 @nb.njit(cache=True, parallel=True)
-def _col2im_kernel(cols, r_, s_, sh, sw, ph, pw, p_, q_, x):
+def _col2im_parallel(cols, r_, s_, sh, sw, ph, pw, p_, q_, x):
     # cols (N, C*R*S, P*Q) -> x (N, C, H, W), overlapping taps summed; one (n, c) plane per task
     n_, c_, h_, w_ = x.shape
     xf, cf = x.reshape(-1), cols.reshape(-1)
-    rs, pq, hw = r_ * s_, p_ * q_, h_ * w_
     for nc in nb.prange(n_ * c_):
-        xoff = nc * hw
-        for i in range(xoff, xoff + hw):
-            xf[i] = 0.0
-        for r in range(r_):
-            p_lo, p_hi = _span(p_, sh, r - ph, h_)
-            for s in range(s_):
-                q_lo, q_hi = _span(q_, sw, s - pw, w_)
-                row = (nc * rs + r * s_ + s) * pq
-                for p in range(p_lo, p_hi):
-                    # x[h, q*sw + s - pw] += cols[row + p*Q + q] for q in [q_lo, q_hi)
-                    dq = np.uint64(row + p * q_ + q_lo)
-                    xq = np.uint64(xoff + (p * sh + r - ph) * w_ + q_lo * sw + s - pw)
-                    if sw == 1:
-                        for i in range(np.uint64(q_hi - q_lo)):
-                            xf[xq + i] += cf[dq + i]
-                    else:
-                        step = np.uint64(sw)
-                        for i in range(np.uint64(q_hi - q_lo)):
-                            xf[xq + i * step] += cf[dq + i]
+        _col2im_plane(cf, xf, nc, h_, w_, r_, s_, sh, sw, ph, pw, p_, q_)
+
+
+@nb.njit(cache=True, nogil=True)
+def _col2im_serial(cols, r_, s_, sh, sw, ph, pw, p_, q_, x):
+    # as _col2im_parallel, on the calling thread, without the GIL
+    n_, c_, h_, w_ = x.shape
+    xf, cf = x.reshape(-1), cols.reshape(-1)
+    for nc in range(n_ * c_):
+        _col2im_plane(cf, xf, nc, h_, w_, r_, s_, sh, sw, ph, pw, p_, q_)
+
+
+@nb.njit(cache=True, nogil=True)
+def _add_channel_bias(y, b):
+    # y (N, K, L) += b (K,)
+    n_, k_, l_ = y.shape
+    yf = y.reshape(-1)
+    for nk in range(n_ * k_):
+        bias = b[nk % k_]
+        start = np.uint64(nk * l_)
+        for i in range(np.uint64(l_)):
+            yf[start + i] += bias
+
+
+# ---------------------------------------------------------------- public ops
 
 
 def im2col(x, kernel, stride, padding, out=None):
@@ -139,7 +180,7 @@ def im2col(x, kernel, stride, padding, out=None):
     n, c, h, w = x.shape
     p, q = _output_size(h, w, kernel, stride, padding)
     cols = _empty((n, c * kernel[0] * kernel[1], p * q), out)
-    _im2col_kernel(x, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1], p, q, cols)
+    _im2col_parallel(x, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1], p, q, cols)
     return cols
 
 
@@ -148,7 +189,7 @@ def col2im(cols, x_shape, kernel, stride, padding, out=None):
     n, c, h, w = x_shape
     p, q = _output_size(h, w, kernel, stride, padding)
     x = _empty((n, c, h, w), out)
-    _col2im_kernel(cols, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1], p, q, x)
+    _col2im_parallel(cols, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1], p, q, x)
     return x
 
 
@@ -162,55 +203,52 @@ def gemm(a, b, trans_a=False, trans_b=False, out=None):
     return out
 
 
-# ---------------------------------------------------------------- convolutions
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
 
 
-@nb.njit(cache=True, parallel=True)
-def _add_channel_bias(y, b):
-    # y (N, K, L) += b (K,)
-    n_, k_, _ = y.shape
-    for nk in nb.prange(n_ * k_):
-        n, k = nk // k_, nk % k_
-        y[n, k] += b[k]
+def _split_batch(work, n, per_sample_macs, per_sample_bytes):
+    """Run work(n0, n1, chunk) over contiguous parts of range(n); return the results in order.
 
-
-@nb.njit(cache=True, parallel=True)
-def _batch_to_channel_major(dy, t):
-    # dy (N, K, L) -> t (K, N*L)
-    n_, k_, l_ = dy.shape
-    for n in nb.prange(n_):
-        for k in range(k_):
-            t[k, n * l_:(n + 1) * l_] = dy[n, k]
-
-
-# The convolutions walk the batch in chunks so that the im2col buffer stays a few MiB:
-# it is then still in cache when the GEMM reads it, and AlexNet-sized layers do not
-# allocate hundreds of MiB for it.
-_CHUNK_BYTES = 4 << 20
-
-
-def _chunks(n, bytes_per_sample):
-    """[start, stop) ranges covering range(n), each holding about _CHUNK_BYTES of columns."""
-    size = max(1, min(n, _CHUNK_BYTES // max(1, bytes_per_sample)))
-    return [(i, min(n, i + size)) for i in range(0, n, size)], size
+    One part per Numba thread when one sample's GEMM is small enough that BLAS would not
+    thread it anyway, else a single part (BLAS threads). `chunk` is how many samples
+    work should take at a time.
+    """
+    global _pool
+    chunk = max(1, min(n, _CHUNK_BYTES // max(1, per_sample_bytes)))
+    parts = nb.get_num_threads() if per_sample_macs <= _BLAS_SERIAL_MACS else 1
+    parts = max(1, min(parts, n))
+    bounds = [n * i // parts for i in range(parts + 1)]
+    if parts == 1:
+        return [work(0, n, chunk)]
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < parts - 1:
+            _pool = ThreadPoolExecutor(max_workers=parts - 1, thread_name_prefix="engine-conv")
+        futures = [_pool.submit(work, bounds[i], bounds[i + 1], chunk) for i in range(1, parts)]
+    first = work(bounds[0], bounds[1], chunk)  # the caller does part 0 itself
+    return [first] + [f.result() for f in futures]
 
 
 def conv2d_forward(x, w, b, stride, padding, out=None):
     """x (N, C, H, W), w (K, C, R, S), b (K,) or None -> y (N, K, P, Q), float32."""
     n, c, h, wd = x.shape
     k, _, r, s = w.shape
+    crs = c * r * s
     p, q = _output_size(h, wd, (r, s), stride, padding)
-    w2 = w.reshape(k, c * r * s)
+    w2 = w.reshape(k, crs)
     y = _empty((n, k, p, q), out)
-    y3 = y.reshape(n, k, p * q)                                # a view: matmul writes straight into y
-    chunks, size = _chunks(n, c * r * s * p * q * 4)
-    cols = np.empty((size, c * r * s, p * q), dtype=np.float32)
-    for n0, n1 in chunks:
-        m = n1 - n0
-        _im2col_kernel(x[n0:n1], r, s, stride[0], stride[1], padding[0], padding[1], p, q, cols[:m])
-        np.matmul(w2, cols[:m], out=y3[n0:n1])               # (K, CRS) @ (m, CRS, PQ) -> (m, K, PQ)
-        if b is not None:
-            _add_channel_bias(y3[n0:n1], b)
+    y3 = y.reshape(n, k, p * q)                              # a view: matmul writes straight into y
+
+    def work(n0, n1, chunk):
+        cols = np.empty((chunk, crs, p * q), dtype=np.float32)
+        for a in range(n0, n1, chunk):
+            e = min(n1, a + chunk)
+            _im2col_serial(x[a:e], r, s, stride[0], stride[1], padding[0], padding[1], p, q, cols[:e - a])
+            np.matmul(w2, cols[:e - a], out=y3[a:e])         # (K, CRS) @ (m, CRS, PQ) -> (m, K, PQ)
+            if b is not None:
+                _add_channel_bias(y3[a:e], b)
+
+    _split_batch(work, n, k * crs * p * q, crs * p * q * 4)
     return y
 
 
@@ -218,15 +256,19 @@ def conv2d_backward_data(dy, w, x_shape, stride, padding, out=None):
     """dy (N, K, P, Q), w (K, C, R, S) -> dx (N, C, H, W), float32."""
     n, k, p, q = dy.shape
     _, c, r, s = w.shape
-    w2t = w.reshape(k, c * r * s).T                           # (CRS, K), BLAS reads it transposed
+    crs = c * r * s
+    w2t = w.reshape(k, crs).T                                # (CRS, K): BLAS reads it transposed
     dy3 = dy.reshape(n, k, p * q)
     dx = _empty(tuple(x_shape), out)
-    chunks, size = _chunks(n, c * r * s * p * q * 4)
-    dcols = np.empty((size, c * r * s, p * q), dtype=np.float32)
-    for n0, n1 in chunks:
-        m = n1 - n0
-        np.matmul(w2t, dy3[n0:n1], out=dcols[:m])           # (CRS, K) @ (m, K, PQ) -> (m, CRS, PQ)
-        _col2im_kernel(dcols[:m], r, s, stride[0], stride[1], padding[0], padding[1], p, q, dx[n0:n1])
+
+    def work(n0, n1, chunk):
+        dcols = np.empty((chunk, crs, p * q), dtype=np.float32)
+        for a in range(n0, n1, chunk):
+            e = min(n1, a + chunk)
+            np.matmul(w2t, dy3[a:e], out=dcols[:e - a])      # (CRS, K) @ (m, K, PQ) -> (m, CRS, PQ)
+            _col2im_serial(dcols[:e - a], r, s, stride[0], stride[1], padding[0], padding[1], p, q, dx[a:e])
+
+    _split_batch(work, n, k * crs * p * q, crs * p * q * 4)
     return dx
 
 
@@ -234,19 +276,23 @@ def conv2d_backward_weight(dy, x, w_shape, stride, padding, out=None):
     """dy (N, K, P, Q), x (N, C, H, W) -> dw (K, C, R, S), float32."""
     n, k, p, q = dy.shape
     _, c, r, s = w_shape
+    crs = c * r * s
     dy3 = dy.reshape(n, k, p * q)
-    chunks, size = _chunks(n, c * r * s * p * q * 4)
-    wide = np.empty(c * r * s * size * p * q, dtype=np.float32)
-    dy_t = np.empty(k * size * p * q, dtype=np.float32)
-    dw_t = np.zeros((c * r * s, k), dtype=np.float32)        # dw transposed, summed chunk by chunk
-    for n0, n1 in chunks:
-        m = n1 - n0
-        wide_m = wide[:c * r * s * m * p * q].reshape(c * r * s, m * p * q)
-        dy_m = dy_t[:k * m * p * q].reshape(k, m * p * q)
-        _im2col_wide_kernel(x[n0:n1], r, s, stride[0], stride[1], padding[0], padding[1], p, q, wide_m)
-        _batch_to_channel_major(dy3[n0:n1], dy_m)
-        # (CRS, mPQ) @ (mPQ, K): BLAS sums over the chunk; this orientation beat dy_t @ wide.T
-        dw_t += np.dot(wide_m, dy_m.T)
+
+    def work(n0, n1, chunk):
+        cols = np.empty((chunk, crs, p * q), dtype=np.float32)
+        total = np.zeros((k, crs), dtype=np.float32)
+        for a in range(n0, n1, chunk):
+            e = min(n1, a + chunk)
+            _im2col_serial(x[a:e], r, s, stride[0], stride[1], padding[0], padding[1], p, q, cols[:e - a])
+            # (m, K, PQ) @ (m, PQ, CRS) -> (m, K, CRS), then summed over the chunk in order
+            total += np.matmul(dy3[a:e], cols[:e - a].transpose(0, 2, 1)).sum(axis=0)
+        return total
+
+    parts = _split_batch(work, n, k * crs * p * q, crs * p * q * 4)
     dw = _empty(tuple(w_shape), out)
-    dw.reshape(k, c * r * s)[...] = dw_t.T
+    dw2 = dw.reshape(k, crs)
+    dw2[...] = parts[0]
+    for part in parts[1:]:
+        dw2 += part
     return dw
