@@ -126,6 +126,10 @@ def test_max_pool2d_conventions(module):
     y, arg = module.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0))
     assert np.isnan(y[0, 0, 0, 0]) and arg[0, 0, 0, 0] == 1
     assert y[0, 0, 0, 1] == -np.inf and arg[0, 0, 0, 1] == 2
+    # ... also when the window's first cells are padding: it names its first in-bounds cell
+    x = np.full((1, 1, 3, 4), -np.inf, dtype=np.float32)
+    _, arg = module.max_pool2d_forward(x, (2, 3), (2, 2), (1, 1))
+    np.testing.assert_array_equal(arg[0, 0], [[0, 1], [4, 5]])
     # overlapping windows that share a maximum add their gradients into it
     x = np.zeros((1, 1, 3, 3), dtype=np.float32)
     x[0, 0, 1, 1] = 5
