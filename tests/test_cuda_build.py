@@ -392,6 +392,13 @@ class EmulatedArray(np.ndarray):
     def data(self):
         return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
 
+    @property
+    def __cuda_array_interface__(self):  # host memory, read by the CPU-emulated extension below
+        if not self.flags.c_contiguous:
+            raise ValueError("the emulation hands only C-contiguous arrays to kernels")
+        return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.__array_interface__["data"][0], False),
+                "strides": None, "version": 3}
+
 
 def _emulated_cupy() -> types.ModuleType:
     cp = types.ModuleType("cupy")
@@ -715,3 +722,141 @@ def test_glue_handles_optional_bias_and_host_scalar_dloss(emulated_backend):
     for dloss in (0.5, np.float32(0.5), np.array(0.5), cp.asarray(np.array([0.5], np.float32))):
         got = emulated_backend.mse_loss_backward(cp.asarray(pred), cp.asarray(target), dloss)
         assert_close(got, expected, **tol("loss"), what=f"mse backward with dloss {type(dloss).__name__}")
+
+
+# ---------------------------------------------------------------------------- the kernels, CPU-emulated
+# The real thing minus the GPU: kernels/*.cu, csrc/*.cu and bindings/module.cpp compiled by
+# the host compiler against csrc/emulate_cuda.h (blocks in turn, the threads of a block as OS
+# threads with real barriers for __syncthreads and warp shuffles), then driven through the
+# real glue. Catches indexing, tiling, reduction and launch-argument mistakes in the one
+# copy of each kernel. Slow-ish (a g++ build of the extension), hence marked slow.
+
+def _rewrite_launches(source: str) -> str:
+    """`k<<<grid, block, smem, stream>>>(args)` -> `emu::config(k, grid, block, smem, stream)(args)`."""
+    return re.sub(r"(\w+)<<<(.+?)>>>", r"emu::config(\1, \2)", source, flags=re.S)
+
+
+@pytest.fixture(scope="module")
+def emulated_ext(tmp_path_factory):
+    import sysconfig
+    gxx = shutil.which(os.environ.get("CXX", "g++"))
+    if gxx is None:
+        pytest.skip("no host C++ compiler (g++) to build the CPU emulation")
+    try:
+        import pybind11
+    except ImportError:
+        pytest.skip("pybind11 is not importable")
+    work = tmp_path_factory.mktemp("emulated_cuda")
+    probe = work / "probe.cpp"
+    probe.write_text("#include <barrier>\n#include <atomic>\nint main() { float f = 0; "
+                     "std::atomic_ref<float>(f).fetch_add(1.0f); std::barrier<> b(1); b.arrive_and_wait(); }\n")
+    if subprocess.run([gxx, "-std=c++20", str(probe), "-o", str(work / "probe")], capture_output=True).returncode:
+        pytest.skip(f"{gxx} lacks C++20 <barrier> / atomic_ref, which the emulation needs")
+    for sub in ("include", "csrc", "bindings"):
+        (work / sub).mkdir()
+    shutil.copy(ROOT / "csrc" / "emulate_cuda.h", work / "include" / "cuda_runtime.h")
+    shutil.copytree(ROOT / "kernels", work / "kernels")
+    for header in (ROOT / "csrc").glob("*.h"):
+        shutil.copy(header, work / "csrc" / header.name)
+    sources = []
+    for launcher in CSRC_FILES:
+        target = work / "csrc" / (launcher.stem + ".cpp")
+        target.write_text(_rewrite_launches(launcher.read_text()))
+        sources.append(target)
+    shutil.copy(ROOT / "bindings" / "module.cpp", work / "bindings" / "module.cpp")
+    sources.append(work / "bindings" / "module.cpp")
+    flags = ["-std=c++20", "-O1", "-fPIC", "-w", "-include", "cuda_runtime.h", f"-I{work / 'include'}",
+             f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}"]
+
+    def compile_one(src):
+        obj = src.with_suffix(".o")
+        result = subprocess.run([gxx, *flags, "-c", str(src), "-o", str(obj)], capture_output=True, text=True)
+        assert result.returncode == 0, f"g++ failed on the emulated {src.name}:\n{result.stderr[-3000:]}"
+        return str(obj)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        objects = list(pool.map(compile_one, sources))
+    module = work / ("_cuda_ext" + sysconfig.get_config_var("EXT_SUFFIX"))
+    result = subprocess.run([gxx, "-shared", *objects, "-o", str(module), "-lpthread"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    spec = importlib.util.spec_from_file_location("_cuda_ext", module)
+    ext = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ext)
+    return ext
+
+
+@pytest.fixture
+def emulated_gpu_backend(emulated_ext, monkeypatch):
+    """make_backend('ext')'s namespace, its extension being the CPU-emulated build."""
+    import engine.cuda as cuda
+    from engine.backend import FAMILIES, OPS
+    from engine.cuda import common
+    from engine.cuda.ext import ExtLaunchers
+    monkeypatch.setitem(sys.modules, "cupy", _emulated_cupy())
+    common.cupy.cache_clear()
+    launchers = ExtLaunchers.__new__(ExtLaunchers)
+    launchers._ext = emulated_ext
+    ops = {}
+    for family in FAMILIES:
+        module = importlib.import_module(f"engine.cuda.{family}")
+        ops.update({op: cuda._bind(getattr(module, op), launchers) for op in OPS if op in vars(module)})
+    yield types.SimpleNamespace(name="cuda-ext-emulated", **ops)
+    common.cupy.cache_clear()
+
+
+@pytest.mark.slow
+def test_kernels_match_the_reference_on_emulated_cuda(emulated_gpu_backend):
+    """Every op, the real kernels behind the real launchers and glue, odd shapes; run twice:
+    bitwise equal (a race would show), except max-pool backward, whose float atomics are
+    documented as order-dependent where 3 or more windows share a maximum."""
+    validate, cases = _validate_cases()
+    cp = sys.modules["cupy"]
+    failures = []
+    for case in cases:
+        expected = validate.reference_outputs(case)
+        first = validate.call(emulated_gpu_backend, case, validate.to_device(case.inputs(), cp))
+        ok, abs_err, rel_err, name = validate.compare(case, first, expected)
+        if not ok:
+            failures.append(f"{case.op} {case.label}: {name} abs {abs_err:.3g} rel {rel_err:.3g}")
+        if case.op != "max_pool2d_backward":
+            second = validate.call(emulated_gpu_backend, case, validate.to_device(case.inputs(), cp))
+            if not all(np.array_equal(a, b) for a, b in zip(first, second)):
+                failures.append(f"{case.op} {case.label}: two runs differ")
+    assert not failures, "\n".join(failures)
+
+
+class _HostArray:
+    def __init__(self, a):
+        self.a = a
+
+    @property
+    def __cuda_array_interface__(self):
+        return {"shape": self.a.shape, "typestr": self.a.dtype.str, "data": (self.a.ctypes.data, False),
+                "strides": None, "version": 3}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trans_a, trans_b, bias_axis, offset", [
+    (False, False, 1, 0), (False, True, 1, 0), (True, False, 0, 0), (True, True, 0, 0),
+    (False, False, -1, 1),  # B one float off 16-byte alignment: the scalar load path
+])
+def test_gemm_128x128_tiles_on_emulated_cuda(emulated_ext, trans_a, trans_b, bias_axis, offset):
+    """Shapes big enough for the 128x128 version (>= 128 tiles), ragged edges in M, N and K."""
+    rng = np.random.default_rng(7)
+    m, n, k, batch = 131, 259, 21, 22
+    a = rng.standard_normal((batch,) + ((k, m) if trans_a else (m, k))).astype(np.float32)
+    b_shape = (batch,) + ((n, k) if trans_b else (k, n))
+    buffer = np.empty(offset + int(np.prod(b_shape)), np.float32)
+    b = buffer[offset:].reshape(b_shape)
+    b[...] = rng.standard_normal(b_shape)
+    c = np.full((batch, m, n), np.nan, np.float32)
+    bias = None if bias_axis < 0 else rng.standard_normal(m if bias_axis == 0 else n).astype(np.float32)
+    emulated_ext.gemm(_HostArray(a), _HostArray(b), _HostArray(c), trans_a, trans_b,
+                      None if bias is None else _HostArray(bias), bias_axis, True)
+    op_a = a.swapaxes(1, 2) if trans_a else a
+    op_b = b.swapaxes(1, 2) if trans_b else b
+    expected = np.matmul(op_a.astype(np.float64), op_b.astype(np.float64))
+    if bias is not None:
+        expected += bias[:, None] if bias_axis == 0 else bias
+    from engine.tolerances import assert_close, tol
+    assert_close(c, np.maximum(expected, 0), **tol("gemm"), what=f"gemm ta={trans_a} tb={trans_b}")
