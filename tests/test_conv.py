@@ -128,21 +128,25 @@ def test_conv2d_backward_weight_matches_reference():
                      **tol("conv"), what=f"conv2d_backward_weight {describe(cfg)}")
 
 
-def test_conv2d_at_lenet_shape_matches_reference():
-    # one realistic size, where the batch-wide GEMM and the parallel loops really split work
+@pytest.mark.parametrize("n,c,h,k,pad", [
+    (32, 6, 14, 16, 0),   # LeNet conv2: small per-sample GEMMs, the batch split over threads
+    (3, 16, 12, 32, 2),   # a per-sample GEMM big enough for BLAS to thread: one part
+])
+def test_conv2d_at_realistic_shapes_matches_reference(n, c, h, k, pad):
     rng = rng_for(7)
-    x = rng.standard_normal((32, 6, 14, 14)).astype(np.float32)
-    w = rng.standard_normal((16, 6, 5, 5)).astype(np.float32)
-    b = rng.standard_normal(16).astype(np.float32)
-    dy = rng.standard_normal((32, 16, 10, 10)).astype(np.float32)
-    st, pd = (1, 1), (0, 0)
+    x = rng.standard_normal((n, c, h, h)).astype(np.float32)
+    w = rng.standard_normal((k, c, 5, 5)).astype(np.float32)
+    b = rng.standard_normal(k).astype(np.float32)
+    p = h + 2 * pad - 4
+    dy = rng.standard_normal((n, k, p, p)).astype(np.float32)
+    st, pd = (1, 1), (pad, pad)
     assert_close(fast.conv2d_forward(x, w, b, st, pd), ref.conv2d_forward(x, w, b, st, pd), **tol("conv"),
-                 what="conv2d_forward lenet conv2")
+                 what="conv2d_forward")
     assert_close(fast.conv2d_backward_data(dy, w, x.shape, st, pd), ref.conv2d_backward_data(dy, w, x.shape, st, pd),
-                 **tol("conv"), what="conv2d_backward_data lenet conv2")
+                 **tol("conv"), what="conv2d_backward_data")
     assert_close(fast.conv2d_backward_weight(dy, x, w.shape, st, pd),
                  ref.conv2d_backward_weight(dy, x, w.shape, st, pd), **tol("conv"),
-                 what="conv2d_backward_weight lenet conv2")
+                 what="conv2d_backward_weight")
 
 
 # ------------------------------------------------------------------ reference vs calculus

@@ -203,7 +203,8 @@ def gemm(a, b, trans_a=False, trans_b=False, out=None):
     return out
 
 
-_pool: ThreadPoolExecutor | None = None
+_pool: ThreadPoolExecutor | None = None   # helpers for parts 1.. of a split batch
+_pool_size = 0
 _pool_lock = threading.Lock()
 
 
@@ -214,7 +215,7 @@ def _split_batch(work, n, per_sample_macs, per_sample_bytes):
     thread it anyway, else a single part (BLAS threads). `chunk` is how many samples
     work should take at a time.
     """
-    global _pool
+    global _pool, _pool_size
     chunk = max(1, min(n, _CHUNK_BYTES // max(1, per_sample_bytes)))
     parts = nb.get_num_threads() if per_sample_macs <= _BLAS_SERIAL_MACS else 1
     parts = max(1, min(parts, n))
@@ -222,8 +223,11 @@ def _split_batch(work, n, per_sample_macs, per_sample_bytes):
     if parts == 1:
         return [work(0, n, chunk)]
     with _pool_lock:
-        if _pool is None or _pool._max_workers < parts - 1:
+        if _pool_size < parts - 1:  # created on first use, grown if Numba's thread count grows
+            if _pool is not None:
+                _pool.shutdown(wait=False)
             _pool = ThreadPoolExecutor(max_workers=parts - 1, thread_name_prefix="engine-conv")
+            _pool_size = parts - 1
         futures = [_pool.submit(work, bounds[i], bounds[i + 1], chunk) for i in range(1, parts)]
     first = work(bounds[0], bounds[1], chunk)  # the caller does part 0 itself
     return [first] + [f.result() for f in futures]
