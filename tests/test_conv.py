@@ -226,7 +226,10 @@ def test_reference_matches_torch(n, c, h, w, k, kernel, stride, padding):
 # ------------------------------------------------------------------ out= and determinism
 
 OUT_CFG = dict(n=2, c=3, h=9, w=7, k=4, kernel=(3, 2), stride=(2, 1), padding=(1, 1), seed=3)
-BIG_CFG = dict(n=16, c=6, h=14, w=14, k=16, kernel=(5, 5), stride=(1, 1), padding=(2, 2), seed=5)
+BIG_CFGS = [  # the batch split over threads (small per-sample GEMM), and BLAS threading (bigger one)
+    dict(n=16, c=6, h=14, w=14, k=16, kernel=(5, 5), stride=(1, 1), padding=(0, 0), seed=5),
+    dict(n=4, c=16, h=14, w=14, k=32, kernel=(5, 5), stride=(1, 1), padding=(2, 2), seed=6),
+]
 
 
 def _calls(module, cfg):
@@ -259,7 +262,8 @@ def test_out_is_written_in_place(module, dtype):
 
 def test_numba_is_deterministic():
     # bitwise equal on repeated runs, at a size where the parallel loops and BLAS split work
-    for name, call in _calls(fast, BIG_CFG):
-        first = call(None)
-        for _ in range(3):
-            np.testing.assert_array_equal(call(None), first, err_msg=f"{name}: differs between runs")
+    for cfg in BIG_CFGS:
+        for name, call in _calls(fast, cfg):
+            first = call(None)
+            for _ in range(3):
+                np.testing.assert_array_equal(call(None), first, err_msg=f"{name}: differs between runs")
