@@ -13,6 +13,7 @@ declaratively:
 * Without a toolkit, or when the build fails, the package installs WITHOUT the extension
   (it never blocks an install): the GPU path then runs through CuPy + NVRTC.
   Either way the build prints which paths it built (pip shows it with -v).
+  ENGINE_BUILD_CUDA=0 skips the extension on purpose (a quick CPU-only install).
 * kernels/*.cu and *.cuh ship as package data under engine/cuda/kernels/ in a wheel or
   regular install (copied by build_py into the build tree only; the repository keeps one
   copy). An editable install reads them from the checkout's kernels/ directly.
@@ -133,6 +134,8 @@ class BuildCudaExt(build_ext):
         log("GPU/CPU paths available after this install: " + "; ".join(paths))
 
     def build_cuda_extension(self, ext):
+        if os.environ.get("ENGINE_BUILD_CUDA", "1") == "0":
+            raise RuntimeError("ENGINE_BUILD_CUDA=0")
         home = find_cuda_home()
         if home is None:
             raise RuntimeError("no CUDA toolkit found (set CUDA_HOME or put nvcc on PATH)")
