@@ -4,7 +4,8 @@
 // header (force-included, standing in for <cuda_runtime.h>; `k<<<grid, block, smem,
 // stream>>>(args)` rewritten to `emu::config(k, grid, block, smem, stream)(args)`), which
 // runs the one copy of every kernel in kernels/ on the host, through the real launchers and
-// bindings, without a GPU. Not part of any build of the extension.
+// bindings, without a GPU. Not part of any build of the extension. The test build defines
+// ENGINE_EMULATED_CUDA, which caps grid-stride grids at a few blocks (launch_common.h).
 //
 // Model: the blocks of a launch run one after another; the threads of a block run as OS
 // threads, so __syncthreads (a std::barrier over the block) and warp shuffles (a barrier per

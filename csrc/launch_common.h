@@ -27,8 +27,13 @@ inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // huge tensors loop instead of launching millions of blocks. Mirrored by
 // engine/cuda/rtc.py:grid_1d; any value is correct for grid-stride kernels.
 inline unsigned grid_1d(int64_t n, int block = 256) {
+#ifdef ENGINE_EMULATED_CUDA
+    const int64_t cap = 4;  // csrc/emulate_cuda.h: every block costs OS threads; loop instead
+#else
+    const int64_t cap = 65536;
+#endif
     const int64_t blocks = cdiv(n, block);
-    return (unsigned)(blocks < 1 ? 1 : (blocks > 65536 ? 65536 : blocks));
+    return (unsigned)(blocks < 1 ? 1 : (blocks > cap ? cap : blocks));
 }
 
 // Output tiles of the GEMM: 128x128 when there are enough of them to fill the GPU, else

@@ -765,7 +765,7 @@ def emulated_ext(tmp_path_factory):
         sources.append(target)
     shutil.copy(ROOT / "bindings" / "module.cpp", work / "bindings" / "module.cpp")
     sources.append(work / "bindings" / "module.cpp")
-    flags = ["-std=c++20", "-O1", "-fPIC", "-w", "-include", "cuda_runtime.h", f"-I{work / 'include'}",
+    flags = ["-std=c++20", "-O1", "-fPIC", "-w", "-DENGINE_EMULATED_CUDA", "-include", "cuda_runtime.h", f"-I{work / 'include'}",
              f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}"]
 
     def compile_one(src):
