@@ -7,7 +7,7 @@ Same ops and layouts as engine.reference.conv (the spec); float32 in, float32 ou
 
     forward          y[n]     (K, PQ)   = w2 @ cols[n]          + b
     backward data    dcols[n] (CRS, PQ) = w2.T @ dy[n]          then col2im into dx[n]
-    backward weight  dw       (K, CRS)  = sum_n dy[n] @ cols[n].T
+    backward weight  dw.T     (CRS, K)  = sum_n cols[n] @ dy[n].T
 
 with w2 = w.reshape(K, C*R*S). y[n] and dy[n] are already (K, P*Q) blocks of the NCHW
 arrays, so nothing is transposed, and im2col/col2im copy contiguous row segments.
@@ -285,18 +285,18 @@ def conv2d_backward_weight(dy, x, w_shape, stride, padding, out=None):
 
     def work(n0, n1, chunk):
         cols = np.empty((chunk, crs, p * q), dtype=np.float32)
-        total = np.zeros((k, crs), dtype=np.float32)
+        total = np.zeros((crs, k), dtype=np.float32)            # dw transposed
         for a in range(n0, n1, chunk):
             e = min(n1, a + chunk)
             _im2col_serial(x[a:e], r, s, stride[0], stride[1], padding[0], padding[1], p, q, cols[:e - a])
-            # (m, K, PQ) @ (m, PQ, CRS) -> (m, K, CRS), then summed over the chunk in order
-            total += np.matmul(dy3[a:e], cols[:e - a].transpose(0, 2, 1)).sum(axis=0)
+            # (m, CRS, PQ) @ (m, PQ, K) -> (m, CRS, K), summed over the chunk in order; this
+            # orientation ran 1.5x faster than dy[n] @ cols[n].T at LeNet conv2
+            total += np.matmul(cols[:e - a], dy3[a:e].transpose(0, 2, 1)).sum(axis=0)
         return total
 
     parts = _split_batch(work, n, k * crs * p * q, crs * p * q * 4)
-    dw = _empty(tuple(w_shape), out)
-    dw2 = dw.reshape(k, crs)
-    dw2[...] = parts[0]
     for part in parts[1:]:
-        dw2 += part
+        parts[0] += part
+    dw = _empty(tuple(w_shape), out)
+    dw.reshape(k, crs)[...] = parts[0].T
     return dw
