@@ -736,8 +736,8 @@ def _rewrite_launches(source: str) -> str:
     return re.sub(r"(\w+)<<<(.+?)>>>", r"emu::config(\1, \2)", source, flags=re.S)
 
 
-@pytest.fixture(scope="module")
-def emulated_ext(tmp_path_factory):
+def _build_emulated(work: Path, extra_flags=()) -> Path:
+    """g++ build of kernels + launchers + bindings against csrc/emulate_cuda.h; the module path."""
     import sysconfig
     gxx = shutil.which(os.environ.get("CXX", "g++"))
     if gxx is None:
@@ -746,7 +746,6 @@ def emulated_ext(tmp_path_factory):
         import pybind11
     except ImportError:
         pytest.skip("pybind11 is not importable")
-    work = tmp_path_factory.mktemp("emulated_cuda")
     probe = work / "probe.cpp"
     probe.write_text("#include <barrier>\n#include <atomic>\nint main() { float f = 0; "
                      "std::atomic_ref<float>(f).fetch_add(1.0f); std::barrier<> b(1); b.arrive_and_wait(); }\n")
@@ -765,8 +764,9 @@ def emulated_ext(tmp_path_factory):
         sources.append(target)
     shutil.copy(ROOT / "bindings" / "module.cpp", work / "bindings" / "module.cpp")
     sources.append(work / "bindings" / "module.cpp")
-    flags = ["-std=c++20", "-O1", "-fPIC", "-w", "-DENGINE_EMULATED_CUDA", "-include", "cuda_runtime.h", f"-I{work / 'include'}",
-             f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}"]
+    flags = ["-std=c++20", "-O1", "-fPIC", "-w", "-DENGINE_EMULATED_CUDA", "-include", "cuda_runtime.h",
+             f"-I{work / 'include'}", f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}",
+             *extra_flags]
 
     def compile_one(src):
         obj = src.with_suffix(".o")
@@ -777,30 +777,62 @@ def emulated_ext(tmp_path_factory):
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         objects = list(pool.map(compile_one, sources))
     module = work / ("_cuda_ext" + sysconfig.get_config_var("EXT_SUFFIX"))
-    result = subprocess.run([gxx, "-shared", *objects, "-o", str(module), "-lpthread"], capture_output=True, text=True)
+    result = subprocess.run([gxx, "-shared", *extra_flags, *objects, "-o", str(module), "-lpthread"],
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    spec = importlib.util.spec_from_file_location("_cuda_ext", module)
-    ext = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ext)
-    return ext
+    return module
+
+
+def _load_module(path) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location("_cuda_ext", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _emulated_backend_namespace(ext_module) -> types.SimpleNamespace:
+    """The ops of make_backend('ext'), their launchers calling ext_module (CuPy stubbed first)."""
+    import engine.cuda as cuda
+    from engine.backend import FAMILIES, OPS
+    from engine.cuda.ext import ExtLaunchers
+    launchers = ExtLaunchers.__new__(ExtLaunchers)
+    launchers._ext = ext_module
+    ops = {}
+    for family in FAMILIES:
+        module = importlib.import_module(f"engine.cuda.{family}")
+        ops.update({op: cuda._bind(getattr(module, op), launchers) for op in OPS if op in vars(module)})
+    return types.SimpleNamespace(name="cuda-ext-emulated", **ops)
+
+
+def run_cases_on(backend, cases, validate, repeat_check=True) -> list[str]:
+    """Failures of each case against the reference (and, optionally, of a second run vs the first)."""
+    cp = sys.modules["cupy"]
+    failures = []
+    for case in cases:
+        expected = validate.reference_outputs(case)
+        first = validate.call(backend, case, validate.to_device(case.inputs(), cp))
+        ok, abs_err, rel_err, name = validate.compare(case, first, expected)
+        if not ok:
+            failures.append(f"{case.op} {case.label}: {name} abs {abs_err:.3g} rel {rel_err:.3g}")
+        if repeat_check and case.op != "max_pool2d_backward":
+            second = validate.call(backend, case, validate.to_device(case.inputs(), cp))
+            if not all(np.array_equal(a, b) for a, b in zip(first, second)):
+                failures.append(f"{case.op} {case.label}: two runs differ")
+    return failures
+
+
+@pytest.fixture(scope="module")
+def emulated_ext(tmp_path_factory):
+    return _load_module(_build_emulated(tmp_path_factory.mktemp("emulated_cuda")))
 
 
 @pytest.fixture
 def emulated_gpu_backend(emulated_ext, monkeypatch):
     """make_backend('ext')'s namespace, its extension being the CPU-emulated build."""
-    import engine.cuda as cuda
-    from engine.backend import FAMILIES, OPS
     from engine.cuda import common
-    from engine.cuda.ext import ExtLaunchers
     monkeypatch.setitem(sys.modules, "cupy", _emulated_cupy())
     common.cupy.cache_clear()
-    launchers = ExtLaunchers.__new__(ExtLaunchers)
-    launchers._ext = emulated_ext
-    ops = {}
-    for family in FAMILIES:
-        module = importlib.import_module(f"engine.cuda.{family}")
-        ops.update({op: cuda._bind(getattr(module, op), launchers) for op in OPS if op in vars(module)})
-    yield types.SimpleNamespace(name="cuda-ext-emulated", **ops)
+    yield _emulated_backend_namespace(emulated_ext)
     common.cupy.cache_clear()
 
 
@@ -810,19 +842,42 @@ def test_kernels_match_the_reference_on_emulated_cuda(emulated_gpu_backend):
     bitwise equal (a race would show), except max-pool backward, whose float atomics are
     documented as order-dependent where 3 or more windows share a maximum."""
     validate, cases = _validate_cases()
-    cp = sys.modules["cupy"]
-    failures = []
-    for case in cases:
-        expected = validate.reference_outputs(case)
-        first = validate.call(emulated_gpu_backend, case, validate.to_device(case.inputs(), cp))
-        ok, abs_err, rel_err, name = validate.compare(case, first, expected)
-        if not ok:
-            failures.append(f"{case.op} {case.label}: {name} abs {abs_err:.3g} rel {rel_err:.3g}")
-        if case.op != "max_pool2d_backward":
-            second = validate.call(emulated_gpu_backend, case, validate.to_device(case.inputs(), cp))
-            if not all(np.array_equal(a, b) for a, b in zip(first, second)):
-                failures.append(f"{case.op} {case.label}: two runs differ")
+    failures = run_cases_on(emulated_gpu_backend, cases, validate)
     assert not failures, "\n".join(failures)
+
+
+ASAN_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[2])
+import test_cuda_build as t
+from engine import validate
+from engine.cuda import common
+sys.modules["cupy"] = t._emulated_cupy()
+common.cupy.cache_clear()
+backend = t._emulated_backend_namespace(t._load_module(sys.argv[1]))
+failures = t.run_cases_on(backend, validate.cases("odd"), validate, repeat_check=False)
+print("\\n".join(failures))
+sys.exit(1 if failures else 0)
+"""
+
+
+@pytest.mark.slow
+def test_kernels_stay_in_bounds_under_address_sanitizer(tmp_path):
+    """The emulated build with -fsanitize=address,undefined: any out-of-bounds or misaligned
+    access by a kernel (into NumPy's heap buffers, which ASan guards) aborts the run."""
+    if os.environ.get("ENGINE_TEST_ASAN") != "1":
+        pytest.skip("opt-in (a sanitizer build takes minutes): ENGINE_TEST_ASAN=1")
+    gxx = shutil.which(os.environ.get("CXX", "g++")) or "g++"
+    runtimes = [subprocess.run([gxx, f"-print-file-name={lib}"], capture_output=True, text=True).stdout.strip()
+                for lib in ("libasan.so", "libubsan.so")]
+    if not all(os.path.isabs(r) and os.path.exists(r) for r in runtimes):
+        pytest.skip("the ASan/UBSan runtimes of g++ are not installed")
+    module = _build_emulated(tmp_path, ["-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"])
+    env = dict(os.environ, LD_PRELOAD=":".join(runtimes), ASAN_OPTIONS="detect_leaks=0")
+    result = subprocess.run([sys.executable, "-c", ASAN_SCRIPT, str(module), str(Path(__file__).parent)],
+                            capture_output=True, text=True, env=env, cwd=ROOT)
+    assert "Sanitizer" not in result.stderr, result.stderr[-6000:]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 class _HostArray:
