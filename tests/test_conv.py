@@ -267,3 +267,18 @@ def test_numba_is_deterministic():
             first = call(None)
             for _ in range(3):
                 np.testing.assert_array_equal(call(None), first, err_msg=f"{name}: differs between runs")
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_numba_conv_works_in_a_forked_child():
+    # data loaders fork; the child must not wait forever on the parent's (threadless) helper pool
+    import os
+    cfg = BIG_CFGS[0]
+    x, w, b, _ = draw(cfg)
+    y = fast.conv2d_forward(x, w, b, cfg["stride"], cfg["padding"])  # the pool now exists
+    pid = os.fork()
+    if pid == 0:  # child: exit code says whether it computed the same result
+        same = np.array_equal(fast.conv2d_forward(x, w, b, cfg["stride"], cfg["padding"]), y)
+        os._exit(0 if same else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -32,6 +32,7 @@ gradient adds per-sample products in a fixed order per part, then the parts in o
 """
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -206,6 +207,15 @@ def gemm(a, b, trans_a=False, trans_b=False, out=None):
 _pool: ThreadPoolExecutor | None = None   # helpers for parts 1.. of a split batch
 _pool_size = 0
 _pool_lock = threading.Lock()
+
+
+def _forget_pool_after_fork():
+    # a forked child inherits the pool object but not its threads: start a fresh one there
+    global _pool, _pool_size, _pool_lock
+    _pool, _pool_size, _pool_lock = None, 0, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 def _split_batch(work, n, per_sample_macs, per_sample_bytes):
