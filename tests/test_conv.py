@@ -280,5 +280,14 @@ def test_numba_conv_works_in_a_forked_child():
     if pid == 0:  # child: exit code says whether it computed the same result
         same = np.array_equal(fast.conv2d_forward(x, w, b, cfg["stride"], cfg["padding"]), y)
         os._exit(0 if same else 1)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    import time
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0, "the child computed a different result"
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("conv2d_forward hung in a forked child")
