@@ -30,8 +30,7 @@ void max_pool2d_backward(const float* dy, const int* argmax, float* dx, int plan
     if (planes == 0) return;
     // the kernel adds into dx: start from zero (cells that no window chose stay zero)
     CUDA_CHECK(cudaMemsetAsync(dx, 0, sizeof(float) * (size_t)planes * HW, stream));
-    const int64_t n = (int64_t)planes * PQ;
-    max_pool2d_backward_kernel<<<grid_1d(n), ENGINE_BLOCK, 0, stream>>>(dy, argmax, dx, planes, HW, PQ);
+    max_pool2d_backward_kernel<<<grid_1d(planes), ENGINE_BLOCK, 0, stream>>>(dy, argmax, dx, planes, HW, PQ);
     CUDA_CHECK_LAUNCH("max_pool2d_backward_kernel");
 }
 

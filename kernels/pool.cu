@@ -8,16 +8,19 @@
 //     (NaN propagates); argmax starts at the window's first in-bounds cell and is stored as
 //     the flat index h * W + w inside the (n, c) plane.
 //   * avg: count_include_pad divides by kh * kw, otherwise by the in-bounds cell count.
-// Launch: 1-D grid-stride loops, ENGINE_BLOCK threads, one thread per output (forward) or
-// per input cell (avg backward, max backward zero-fill) or per dy element (max backward).
+// Launch: 1-D grid-stride loops, ENGINE_BLOCK threads, one thread per output (forward),
+// per input cell (avg backward) or per (n, c) plane (max backward).
 //
 //   max_pool2d_forward_kernel    one thread per (n, c, p, q)
-//   max_pool2d_backward_kernel   one thread per dy element: atomicAdd of dy into dx at its
-//       argmax (dx zeroed first by the launcher). The contract's max_pool2d_backward gets no
-//       window geometry, so it cannot gather per input cell; with overlapping windows a cell
-//       that is the max of 3 or more windows may differ in the last bit between runs
-//       (float addition order). Non-overlapping windows (stride >= kernel) are exact and
-//       deterministic. An argmax outside [0, H*W) is skipped, never written out of bounds.
+//   max_pool2d_backward_kernel   one thread per (n, c) plane, adding each dy of the plane
+//       into dx at its argmax in row-major output order (dx zeroed first by the launcher).
+//       The contract's max_pool2d_backward gets no window geometry, so it cannot gather per
+//       input cell; scattering with float atomics would make a cell that is the max of 3 or
+//       more overlapping windows differ in the last bit between runs. A sequential scan per
+//       plane is deterministic and sums in the reference's order; the parallelism is N*C
+//       planes (1,536 at LeNet batch 256, 8,192 at AlexNet batch 128), enough for a
+//       memory-latency-bound pass over P*Q <= a few thousand outputs per plane.
+//       An argmax outside [0, H*W) is skipped, never written out of bounds.
 //   avg_pool2d_forward_kernel    one thread per output
 //   avg_pool2d_backward_kernel   one thread per input cell, gathering dy / divisor from
 //       every window that covers it (no atomics, deterministic)
@@ -59,11 +62,14 @@ extern "C" __global__ void max_pool2d_forward_kernel(const float* __restrict__ x
 // dy, argmax (planes, P*Q) -> dx (planes, H*W), dx zeroed before the launch
 extern "C" __global__ void max_pool2d_backward_kernel(const float* __restrict__ dy, const int* __restrict__ argmax,
                                                       float* __restrict__ dx, int planes, int HW, int PQ) {
-    const i64 n = (i64)planes * PQ;
-    GRID_STRIDE_LOOP(i, n) {
-        const int a = argmax[i];
-        if (a < 0 || a >= HW) continue;
-        atomicAdd(dx + (i / PQ) * HW + a, dy[i]);
+    GRID_STRIDE_LOOP(plane, planes) {
+        const float* g = dy + plane * PQ;
+        const int* a = argmax + plane * PQ;
+        float* d = dx + plane * HW;  // this thread alone writes this plane: no race, fixed order
+        for (int j = 0; j < PQ; ++j) {
+            const int k = a[j];
+            if (k >= 0 && k < HW) d[k] += g[j];
+        }
     }
 }
 

@@ -27,7 +27,7 @@ def max_pool2d_forward(L, x, kernel, stride, padding, out=None):
 
 
 def max_pool2d_backward(L, dy, argmax, x_shape, out=None):
-    """dx (N, C, H, W): dy added at each argmax (see kernels/pool.cu on determinism)."""
+    """dx (N, C, H, W): dy added at each argmax, in the reference's order (deterministic)."""
     op = "max_pool2d_backward"
     dy = c.array(op, "dy", dy, ndim=4)
     argmax = c.array(op, "argmax", argmax, dtype=np.int32, shape=dy.shape)

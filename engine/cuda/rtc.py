@@ -138,7 +138,7 @@ class RtcLaunchers:
         dx.fill(0)  # the kernel adds into dx (cudaMemsetAsync in csrc/pool.cu)
         if dy.size:
             n, c, h, w = dx.shape
-            _launch("pool.cu", "max_pool2d_backward_kernel", grid_1d(dy.size), BLOCK, dy, argmax, dx, i32(n * c),
+            _launch("pool.cu", "max_pool2d_backward_kernel", grid_1d(n * c), BLOCK, dy, argmax, dx, i32(n * c),
                     i32(h * w), i32(dy.shape[2] * dy.shape[3]))
 
     def avg_pool2d_forward(self, x, y, kh, kw, sh, sw, ph, pw, count_include_pad):
