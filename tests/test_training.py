@@ -129,3 +129,13 @@ def test_cli_summary_and_errors(capsys):
     assert "Total params: 61,706" in capsys.readouterr().out
     assert cli(["train", "lenet", "--data", "nowhere", "--no-progress"]) == 2
     assert "--data must be" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_lenet_with_cli_defaults_reaches_97_percent_held_out(tmp_path):
+    # the acceptance run: `python -m engine train lenet` on the bundled split, CPU
+    out = tmp_path / "lenet.json"
+    assert cli(["train", "lenet", "--device", "cpu", "--no-progress", "--json", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["epochs"] == 20
+    assert summary["held_out_accuracy"] >= 0.97, summary["held_out_accuracy"]
