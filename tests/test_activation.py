@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from engine.cpu import activation as fast
+from engine.cpu import parallel
 from engine.reference import activation as ref
 from engine.tolerances import assert_close, tol
 from tests.helpers import numerical_grad, rng_for
@@ -51,7 +52,7 @@ def path(request, monkeypatch):
     kernels on a quarter of them: the same source compiled with prange on, whose launches
     on tiny arrays cost a scheduler slice each on a busy 2-core machine."""
     if request.param == "parallel":
-        monkeypatch.setattr(fast, "PARALLEL_MIN", 0)
+        monkeypatch.setattr(parallel, "PARALLEL_MIN", 0)
         return CONFIGS[::4]
     return CONFIGS
 
@@ -110,7 +111,7 @@ def test_large_arrays_take_the_parallel_kernels_and_match():
     # above PARALLEL_MIN without forcing: the dispatch the executor gets at LeNet sizes
     rng = rng_for(7)
     x = rng.standard_normal((16, 6, 28, 28)).astype(np.float32)
-    assert x.size >= fast.PARALLEL_MIN
+    assert x.size >= parallel.PARALLEL_MIN
     b = rng.standard_normal(6).astype(np.float32)
     assert_close(fast.relu_forward(x), ref.relu_forward(x), **TOL, what="relu large")
     y = fast.bias_relu_forward(x, b)

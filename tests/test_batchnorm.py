@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.cpu import activation as cpu_activation
+from engine.cpu import parallel as cpu_parallel
 from engine.cpu import batchnorm as fast
 from engine.reference import batchnorm as ref
 from engine.tolerances import assert_close, tol
@@ -69,7 +69,7 @@ def configs(request, monkeypatch):
     """All configs on the kernels small arrays get; a quarter on the parallel kernels, forced
     (tiny parallel launches cost a scheduler slice each on a busy 2-core machine)."""
     if request.param == "parallel":
-        monkeypatch.setattr(cpu_activation, "PARALLEL_MIN", 0)
+        monkeypatch.setattr(cpu_parallel, "PARALLEL_MIN", 0)
         return CONFIGS[::4]
     return CONFIGS
 
@@ -129,7 +129,7 @@ def test_lenet_sizes_take_the_parallel_kernels_and_match():
         dy = rng.standard_normal(shape).astype(np.float32)
         c = shape[1]
         gamma, beta = rng.standard_normal(c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
-        assert x.size >= cpu_activation.PARALLEL_MIN
+        assert x.size >= cpu_parallel.PARALLEL_MIN
         y, mean, invstd = fast.batch_norm_relu_forward(x, gamma, beta, None, None, True, 0.1, 1e-5)
         assert_close(y, ref.batch_norm_relu_forward(x, gamma, beta, None, None, True, 0.1, 1e-5)[0], **TOL,
                      what=f"bn+relu forward {shape}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.cpu import activation as cpu_activation
+from engine.cpu import parallel as cpu_parallel
 from engine.cpu import dropout as fast
 from engine.reference import dropout as ref
 from engine.tolerances import assert_close, tol
@@ -48,7 +48,7 @@ CONFIGS = [dropout_config(seed) for seed in range(N_CONFIGS)]
 def configs(request, monkeypatch):
     """All configs on the kernel small arrays get; a quarter on the parallel kernel, forced."""
     if request.param == "parallel":
-        monkeypatch.setattr(cpu_activation, "PARALLEL_MIN", 0)
+        monkeypatch.setattr(cpu_parallel, "PARALLEL_MIN", 0)
         return CONFIGS[::4]
     return CONFIGS
 
@@ -89,7 +89,7 @@ def test_numba_matches_reference_bitwise_mask(configs):
 
 def test_large_arrays_take_the_parallel_kernel_and_match():
     x = rng_for(2).standard_normal((64, 1000)).astype(np.float32)
-    assert x.size >= cpu_activation.PARALLEL_MIN
+    assert x.size >= cpu_parallel.PARALLEL_MIN
     y, mask = fast.dropout_forward(x, 0.3, 77)
     assert np.array_equal(mask, ref.dropout_mask(x.shape, 0.3, 77))
     assert_close(y, ref.dropout_forward(x, 0.3, 77)[0], **TOL, what="dropout large")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.cpu import activation as cpu_activation
+from engine.cpu import parallel as cpu_parallel
 from engine.cpu import loss as fast
 from engine.reference import loss as ref
 from engine.tolerances import assert_close, tol
@@ -59,7 +59,7 @@ def parallel(request, monkeypatch):
     """False: all configs on the kernels small arrays get; True: a quarter of them on the
     parallel kernels, forced (tests slice the config list with it)."""
     if request.param == "parallel":
-        monkeypatch.setattr(cpu_activation, "PARALLEL_MIN", 0)
+        monkeypatch.setattr(cpu_parallel, "PARALLEL_MIN", 0)
         return True
     return False
 
@@ -101,7 +101,7 @@ def test_large_inputs_take_the_parallel_kernels_and_match():
     rng = rng_for(1)
     logits = rng.standard_normal((256, 1000)).astype(np.float32)
     labels = rng.integers(0, 1000, 256)
-    assert logits.size >= cpu_activation.PARALLEL_MIN
+    assert logits.size >= cpu_parallel.PARALLEL_MIN
     for a, e in zip(fast.softmax_cross_entropy_forward(logits, labels),
                     ref.softmax_cross_entropy_forward(logits, labels)):
         assert_close(a, e, **TOL, what="softmax_xent (256, 1000)")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.cpu import activation as cpu_activation
+from engine.cpu import parallel as cpu_parallel
 from engine.cpu import optim as fast
 from engine.reference import optim as ref
 from engine.tolerances import assert_close, tol
@@ -57,7 +57,7 @@ CONFIGS = [optim_config(seed) for seed in range(N_CONFIGS)]
 def configs(request, monkeypatch):
     """All configs on the kernels small arrays get; a quarter on the parallel kernels, forced."""
     if request.param == "parallel":
-        monkeypatch.setattr(cpu_activation, "PARALLEL_MIN", 0)
+        monkeypatch.setattr(cpu_parallel, "PARALLEL_MIN", 0)
         return CONFIGS[::4]
     return CONFIGS
 
@@ -91,7 +91,7 @@ def test_update_matches_reference(update, configs):
 
 def test_large_arrays_take_the_parallel_kernels_and_match():
     cfg = dict(optim_config(0), size=100_000, momentum=0.9, weight_decay=0.01)
-    assert cfg["size"] >= cpu_activation.PARALLEL_MIN
+    assert cfg["size"] >= cpu_parallel.PARALLEL_MIN
     for update, (n_states, hyper) in UPDATES.items():
         param, grad, states = draw(cfg, n_states)
         ref_param, ref_states = param.astype(np.float64), [s.astype(np.float64) for s in states]

@@ -1,8 +1,7 @@
 """Activations as Numba kernels (float32 on the CPU); the spec is engine.reference.activation.
 
 Element-wise ops run on the flat C-order view of their arrays, one prange over all
-elements. Every kernel is compiled twice by ``kernel_pair`` (which the other engine.cpu
-families import from here): arrays under PARALLEL_MIN elements run the serial twin,
+elements. Every kernel is compiled twice by ``kernel_pair`` (engine.cpu.parallel): arrays under PARALLEL_MIN elements run the serial twin,
 because waking the thread pool costs more than it saves there, and on a busy machine a
 parallel region can wait a whole scheduler slice for a descheduled worker (PyTorch
 applies the same grain size). bias_relu views x as (N, C, HW) -- HW = H*W, or 1 for x of rank 2 -- and
@@ -12,41 +11,10 @@ the same on every run whatever the thread count.
 """
 from __future__ import annotations
 
-import types
-
 import numpy as np
 from numba import njit, prange
 
-# below this many elements (in the kernel's first argument) a kernel runs on one thread
-PARALLEL_MIN = 1 << 15
-
-
-class kernel_pair:
-    """Decorator: compile a prange kernel as ``.parallel`` and as ``.serial`` (where prange
-    is plain range); calling it picks by the size of the first argument.
-
-    The serial twin is a copy of the function under its own name, because Numba's cache
-    keys a function by name and bytecode, not by its compile options."""
-
-    def __init__(self, **options):
-        self.options = options
-
-    def __call__(self, function):
-        twin = types.FunctionType(function.__code__, function.__globals__, function.__name__ + "_serial",
-                                  function.__defaults__, function.__closure__)
-        twin.__qualname__ = function.__qualname__ + "_serial"
-        return _Pair(njit(parallel=True, cache=True, **self.options)(function),
-                     njit(cache=True, **self.options)(twin))
-
-
-class _Pair:
-    def __init__(self, parallel, serial):
-        self.parallel, self.serial = parallel, serial
-
-    def __call__(self, *args):
-        kernel = self.serial if args[0].size < PARALLEL_MIN else self.parallel
-        return kernel(*args)
-
+from engine.cpu.parallel import kernel_pair
 
 def _output(out, shape, dtype) -> np.ndarray:
     """out if given (must be C-contiguous: kernels write through flat views), else new."""

@@ -8,7 +8,7 @@ partial, then the partials are summed over N in a fixed order, so statistics and
 gradients are bitwise the same on every run whatever the thread count. x of shape
 (N, C) has its own "rows" kernels: reductions walk the rows in order with one
 accumulator per feature (vectorised across C), element-wise passes prange over rows.
-Small arrays run serially (see engine.cpu.activation.kernel_pair).
+Small arrays run serially (see engine.cpu.parallel.kernel_pair).
 
 The batch variance comes from sums of (x - K) and (x - K)^2 with K = one sample of the
 channel: one read of x, and no catastrophic cancellation when the mean is large next
@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from engine.cpu.activation import kernel_pair
+from engine.cpu.parallel import kernel_pair
 
 # Reassociating the float64 sums lets LLVM keep several vector accumulators in flight;
 # the order is still fixed by the compiled code, so results stay bitwise reproducible.

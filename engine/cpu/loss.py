@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from engine.cpu.activation import kernel_pair
+from engine.cpu.parallel import kernel_pair
 
 _CHUNK = 4096  # elements per partial sum of the MSE: fixed, so the sum order is too
 

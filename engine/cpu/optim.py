@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from engine.cpu.activation import kernel_pair
+from engine.cpu.parallel import kernel_pair
 
 
 @kernel_pair()
