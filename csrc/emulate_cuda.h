@@ -29,7 +29,8 @@ struct dim3 {
     unsigned x, y, z;
     dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
-struct float4 { float x, y, z, w; };
+// 16-byte aligned as on the GPU, so -fsanitize=alignment flags a misaligned vector load
+struct alignas(16) float4 { float x, y, z, w; };
 inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
 
 inline thread_local dim3 threadIdx, blockIdx;
