@@ -14,21 +14,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from engine.cpu.arrays import output, planes
 from engine.cpu.parallel import kernel_pair
-
-def _output(out, shape, dtype) -> np.ndarray:
-    """out if given (must be C-contiguous: kernels write through flat views), else new."""
-    if out is None:
-        return np.empty(shape, dtype=dtype)
-    if not out.flags.c_contiguous:
-        raise ValueError("activation: expected a C-contiguous out= array, got a strided one")
-    return out
-
-
-def _planes(a: np.ndarray) -> np.ndarray:
-    # (N, C) -> (N, C, 1); (N, C, H, W) -> (N, C, H*W): one kernel for both ranks
-    return a.reshape(a.shape[0], a.shape[1], -1)
-
 
 # ---- kernels: flat arrays in, flat arrays out ---------------------------------------
 
@@ -122,70 +109,70 @@ def _tanh_bwd(dy, y, dx):
 
 def relu_forward(x, out=None):
     x = np.ascontiguousarray(x)
-    y = _output(out, x.shape, x.dtype)
+    y = output(out, x.shape, x.dtype)
     _relu_fwd(x.reshape(-1), y.reshape(-1))
     return y
 
 
 def relu_backward(dy, y, out=None):
     dy, y = np.ascontiguousarray(dy), np.ascontiguousarray(y)
-    dx = _output(out, dy.shape, dy.dtype)
+    dx = output(out, dy.shape, dy.dtype)
     _relu_bwd(dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
     return dx
 
 
 def bias_relu_forward(x, b, out=None):
     x, b = np.ascontiguousarray(x), np.ascontiguousarray(b)
-    y = _output(out, x.shape, x.dtype)
-    _bias_relu_fwd(_planes(x), b, _planes(y))
+    y = output(out, x.shape, x.dtype)
+    _bias_relu_fwd(planes(x), b, planes(y))
     return y
 
 
 def bias_relu_backward(dy, y, out=None):
     dy, y = np.ascontiguousarray(dy), np.ascontiguousarray(y)
-    dx = _output(None if out is None else out[0], dy.shape, dy.dtype)
-    db = _output(None if out is None else out[1], (dy.shape[1],), dy.dtype)
-    _bias_relu_bwd(_planes(dy), _planes(y), _planes(dx), db)
+    dx = output(None if out is None else out[0], dy.shape, dy.dtype)
+    db = output(None if out is None else out[1], (dy.shape[1],), dy.dtype)
+    _bias_relu_bwd(planes(dy), planes(y), planes(dx), db)
     return dx, db
 
 
 def leaky_relu_forward(x, negative_slope, out=None):
     x = np.ascontiguousarray(x)
-    y = _output(out, x.shape, x.dtype)
+    y = output(out, x.shape, x.dtype)
     _leaky_relu_fwd(x.reshape(-1), float(negative_slope), y.reshape(-1))
     return y
 
 
 def leaky_relu_backward(dy, x, negative_slope, out=None):
     dy, x = np.ascontiguousarray(dy), np.ascontiguousarray(x)
-    dx = _output(out, dy.shape, dy.dtype)
+    dx = output(out, dy.shape, dy.dtype)
     _leaky_relu_bwd(dy.reshape(-1), x.reshape(-1), float(negative_slope), dx.reshape(-1))
     return dx
 
 
 def sigmoid_forward(x, out=None):
     x = np.ascontiguousarray(x)
-    y = _output(out, x.shape, x.dtype)
+    y = output(out, x.shape, x.dtype)
     _sigmoid_fwd(x.reshape(-1), y.reshape(-1))
     return y
 
 
 def sigmoid_backward(dy, y, out=None):
     dy, y = np.ascontiguousarray(dy), np.ascontiguousarray(y)
-    dx = _output(out, dy.shape, dy.dtype)
+    dx = output(out, dy.shape, dy.dtype)
     _sigmoid_bwd(dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
     return dx
 
 
 def tanh_forward(x, out=None):
     x = np.ascontiguousarray(x)
-    y = _output(out, x.shape, x.dtype)
+    y = output(out, x.shape, x.dtype)
     _tanh_fwd(x.reshape(-1), y.reshape(-1))
     return y
 
 
 def tanh_backward(dy, y, out=None):
     dy, y = np.ascontiguousarray(dy), np.ascontiguousarray(y)
-    dx = _output(out, dy.shape, dy.dtype)
+    dx = output(out, dy.shape, dy.dtype)
     _tanh_bwd(dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
     return dx

@@ -26,24 +26,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from engine.cpu.arrays import output, planes
 from engine.cpu.parallel import kernel_pair
 
 # Reassociating the float64 sums lets LLVM keep several vector accumulators in flight;
 # the order is still fixed by the compiled code, so results stay bitwise reproducible.
 _SUMS = {"reassoc", "contract"}
-
-
-def _output(out, shape, dtype) -> np.ndarray:
-    if out is None:
-        return np.empty(shape, dtype=dtype)
-    if not out.flags.c_contiguous:
-        raise ValueError("batch_norm: expected C-contiguous out= arrays, got a strided one")
-    return out
-
-
-def _planes(a: np.ndarray) -> np.ndarray:
-    # (N, C, H, W) -> (N, C, H*W)
-    return a.reshape(a.shape[0], a.shape[1], -1)
 
 
 # ---- kernels ----------------------------------------------------------------------------
@@ -196,15 +184,15 @@ def _rows_input_grad(dy, x, y, relu, mean, k1, k2, k3, dx):
 def _forward(x, gamma, beta, running_mean, running_var, training, momentum, eps, relu, out):
     x = np.ascontiguousarray(x)
     c = x.shape[1]
-    y = _output(None if out is None else out[0], x.shape, x.dtype)
-    save_mean = _output(None if out is None else out[1], (c,), x.dtype)
-    save_invstd = _output(None if out is None else out[2], (c,), x.dtype)
+    y = output(None if out is None else out[0], x.shape, x.dtype)
+    save_mean = output(None if out is None else out[1], (c,), x.dtype)
+    save_invstd = output(None if out is None else out[2], (c,), x.dtype)
     if training:
         mean, var = np.empty(c), np.empty(c)
         if x.ndim == 2:
             _rows_stats(x, mean, var)
         else:
-            _batch_stats(_planes(x), mean, var)
+            _batch_stats(planes(x), mean, var)
         n = x.size // c
         # the running statistics are (C,): plain NumPy, in place on the caller's arrays
         if running_mean is not None:
@@ -219,7 +207,7 @@ def _forward(x, gamma, beta, running_mean, running_var, training, momentum, eps,
     if x.ndim == 2:
         _rows_normalize(x, mean, scale, shift, relu, y)
     else:
-        _normalize(_planes(x), mean, scale, shift, relu, _planes(y))
+        _normalize(planes(x), mean, scale, shift, relu, planes(y))
     save_mean[...] = mean
     save_invstd[...] = invstd
     return y, save_mean, save_invstd
@@ -229,16 +217,16 @@ def _backward(dy, y, x, gamma, save_mean, save_invstd, training, relu, out):
     dy, x = np.ascontiguousarray(dy), np.ascontiguousarray(x)
     y = dy if y is None else np.ascontiguousarray(y)  # y is only read when relu
     c = x.shape[1]
-    dx = _output(None if out is None else out[0], x.shape, x.dtype)
-    dgamma = _output(None if out is None else out[1], (c,), x.dtype)
-    dbeta = _output(None if out is None else out[2], (c,), x.dtype)
+    dx = output(None if out is None else out[0], x.shape, x.dtype)
+    dgamma = output(None if out is None else out[1], (c,), x.dtype)
+    dbeta = output(None if out is None else out[2], (c,), x.dtype)
     mean, invstd = save_mean.astype(np.float64), save_invstd.astype(np.float64)
     gamma = gamma.astype(np.float64)
     sum_dy, sum_dy_xc = np.empty(c), np.empty(c)
     if x.ndim == 2:
         _rows_grad_sums(dy, x, y, relu, mean, sum_dy, sum_dy_xc)
     else:
-        _grad_sums(_planes(dy), _planes(x), _planes(y), relu, mean, sum_dy, sum_dy_xc)
+        _grad_sums(planes(dy), planes(x), planes(y), relu, mean, sum_dy, sum_dy_xc)
     k1 = gamma * invstd  # dy/dx with the statistics held fixed
     if training:
         # dx = gamma invstd (g - mean(g) - xhat mean(g xhat)), xhat = (x - mean) invstd
@@ -250,7 +238,7 @@ def _backward(dy, y, x, gamma, save_mean, save_invstd, training, relu, out):
     if x.ndim == 2:
         _rows_input_grad(dy, x, y, relu, mean, k1, k2, k3, dx)
     else:
-        _input_grad(_planes(dy), _planes(x), _planes(y), relu, mean, k1, k2, k3, _planes(dx))
+        _input_grad(planes(dy), planes(x), planes(y), relu, mean, k1, k2, k3, planes(dx))
     dgamma[...] = sum_dy_xc * invstd
     dbeta[...] = sum_dy
     return dx, dgamma, dbeta

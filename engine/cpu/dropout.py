@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from engine.cpu.arrays import output
 from engine.cpu.parallel import kernel_pair
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -19,14 +20,6 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 _ONE = np.uint64(1)
 _S30, _S27, _S31, _S40 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(40)
 _TO_UNIT = 2.0 ** -24  # 24-bit integer -> [0, 1), exact
-
-
-def _output(out, shape, dtype) -> np.ndarray:
-    if out is None:
-        return np.empty(shape, dtype=dtype)
-    if not out.flags.c_contiguous:
-        raise ValueError("dropout: expected C-contiguous out= arrays, got a strided one")
-    return out
 
 
 @kernel_pair()
@@ -56,14 +49,14 @@ def _dropout_bwd(dy, mask, p, dx):
 
 def dropout_forward(x, p, seed, out=None):
     x = np.ascontiguousarray(x)
-    y = _output(None if out is None else out[0], x.shape, x.dtype)
-    mask = _output(None if out is None else out[1], x.shape, np.uint8)
+    y = output(None if out is None else out[0], x.shape, x.dtype)
+    mask = output(None if out is None else out[1], x.shape, np.uint8)
     _dropout_fwd(x.reshape(-1), float(p), np.uint64(int(seed) % 2**64), y.reshape(-1), mask.reshape(-1))
     return y, mask
 
 
 def dropout_backward(dy, mask, p, out=None):
     dy, mask = np.ascontiguousarray(dy), np.ascontiguousarray(mask)
-    dx = _output(out, dy.shape, dy.dtype)
+    dx = output(out, dy.shape, dy.dtype)
     _dropout_bwd(dy.reshape(-1), mask.reshape(-1), float(p), dx.reshape(-1))
     return dx

@@ -11,17 +11,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from engine.cpu.arrays import output
 from engine.cpu.parallel import kernel_pair
 
 _CHUNK = 4096  # elements per partial sum of the MSE: fixed, so the sum order is too
-
-
-def _output(out, shape, dtype) -> np.ndarray:
-    if out is None:
-        return np.empty(shape, dtype=dtype)
-    if not out.flags.c_contiguous:
-        raise ValueError("loss: expected C-contiguous out= arrays, got a strided one")
-    return out
 
 
 @njit(cache=True)
@@ -79,8 +72,8 @@ def softmax_cross_entropy_forward(logits, labels, out=None):
     if bad >= 0:  # checked here too: a bad label would index out of bounds in the kernel
         raise ValueError(f"softmax_cross_entropy_forward: expected labels in [0, {k}), "
                          f"got {labels[bad]} at row {bad}")
-    loss = _output(None if out is None else out[0], (), logits.dtype)
-    dlogits = _output(None if out is None else out[1], (n, k), logits.dtype)
+    loss = output(None if out is None else out[0], (), logits.dtype)
+    dlogits = output(None if out is None else out[1], (n, k), logits.dtype)
     row_loss = np.empty(n)
     _softmax_xent(logits, labels, dlogits, row_loss)
     loss[...] = row_loss.sum() / n  # NumPy's pairwise sum: fixed order for a given n
@@ -89,7 +82,7 @@ def softmax_cross_entropy_forward(logits, labels, out=None):
 
 def mse_loss_forward(pred, target, out=None):
     pred, target = np.ascontiguousarray(pred), np.ascontiguousarray(target)
-    loss = _output(out, (), pred.dtype)
+    loss = output(out, (), pred.dtype)
     partial = np.empty(-(-pred.size // _CHUNK))
     _squared_error_sums(pred.reshape(-1), target.reshape(-1), partial)
     loss[...] = partial.sum() / pred.size
@@ -98,7 +91,7 @@ def mse_loss_forward(pred, target, out=None):
 
 def mse_loss_backward(pred, target, dloss, out=None):
     pred, target = np.ascontiguousarray(pred), np.ascontiguousarray(target)
-    dpred = _output(out, pred.shape, pred.dtype)
+    dpred = output(out, pred.shape, pred.dtype)
     _mse_bwd(pred.reshape(-1), target.reshape(-1), 2.0 * float(np.asarray(dloss)) / pred.size,
              dpred.reshape(-1))
     return dpred
