@@ -157,17 +157,20 @@ class BatchNorm1d(_BatchNorm):
 # --------------------------------------------------------------------------- pooling
 
 
-class MaxPool2d(Layer):
-    """Max pooling; padded cells never win, ties go to the first cell of the window."""
-
+class _Pool2d(Layer):
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
-        self.kernel_size = C.pair("MaxPool2d", "kernel_size", kernel_size, minimum=1)
-        self.stride = C.pair("MaxPool2d", "stride", stride if stride is not None else kernel_size, minimum=1)
-        self.padding = C.pair("MaxPool2d", "padding", padding, minimum=0)
+        op = type(self).__name__
+        self.kernel_size = C.pair(op, "kernel_size", kernel_size, minimum=1)
+        self.stride = C.pair(op, "stride", stride if stride is not None else kernel_size, minimum=1)
+        self.padding = C.pair(op, "padding", padding, minimum=0)
 
     def infer(self, x_shape):
         return C.pool2d_output_shape(self.name, x_shape, self.kernel_size, self.stride, self.padding)
+
+
+class MaxPool2d(_Pool2d):
+    """Max pooling; padded cells never win, ties go to the first cell of the window."""
 
     def saved(self, x_shape):
         return {"argmax": (self.infer(x_shape), np.int32)}
@@ -179,18 +182,12 @@ class MaxPool2d(Layer):
         bk.max_pool2d_backward(n.dy, n.s["argmax"], n.x[0].shape, out=n.dx[0])
 
 
-class AvgPool2d(Layer):
+class AvgPool2d(_Pool2d):
     """Average pooling; count_include_pad=True (PyTorch's default) divides by the window size."""
 
     def __init__(self, kernel_size, stride=None, padding=0, count_include_pad=True):
-        super().__init__()
-        self.kernel_size = C.pair("AvgPool2d", "kernel_size", kernel_size, minimum=1)
-        self.stride = C.pair("AvgPool2d", "stride", stride if stride is not None else kernel_size, minimum=1)
-        self.padding = C.pair("AvgPool2d", "padding", padding, minimum=0)
+        super().__init__(kernel_size, stride, padding)
         self.count_include_pad = C.boolean("AvgPool2d", "count_include_pad", count_include_pad)
-
-    def infer(self, x_shape):
-        return C.pool2d_output_shape(self.name, x_shape, self.kernel_size, self.stride, self.padding)
 
     def forward(self, bk, n):
         bk.avg_pool2d_forward(n.x[0], self.kernel_size, self.stride, self.padding,
