@@ -298,23 +298,6 @@ class Add(Layer):
                 dx[...] = n.dy
 
 
-# --------------------------------------------------------------------------- fused (made by the executor's fusion pass)
-
-
-class BiasReLU(Layer):
-    """relu(x + bias): the tail of a Conv2d/Linear whose bias moved here, fused with its ReLU.
-    It owns no parameter: the executor binds the producer's bias and bias gradient to it."""
-
-    def infer(self, x_shape):
-        return tuple(x_shape)
-
-    def forward(self, bk, n):
-        bk.bias_relu_forward(n.x[0], n.p["bias"], out=n.y)
-
-    def backward(self, bk, n):
-        bk.bias_relu_backward(n.dy, n.y, out=(n.dx[0], n.g["bias"]))
-
-
 # --------------------------------------------------------------------------- losses
 
 
