@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from engine.cpu.arrays import output, planes
+from engine.cpu.arrays import column_sums, output, planes
 from engine.cpu.parallel import kernel_pair
 
 # ---- kernels: flat arrays in, flat arrays out ---------------------------------------
@@ -44,7 +44,7 @@ def _bias_relu_fwd(x, b, y):
             y[i, ch, j] = 0 if v <= 0 else v
 
 
-@kernel_pair()
+@kernel_pair(fastmath={"reassoc"})  # vector lanes for the float64 sums; order still fixed
 def _bias_relu_bwd(dy, y, dx, db):
     # dy, y, dx (N, C, HW); db (C,)
     n, c, hw = dy.shape
@@ -121,10 +121,22 @@ def relu_backward(dy, y, out=None):
     return dx
 
 
+@kernel_pair()
+def _bias_relu_rows_fwd(x, b, y):
+    # x, y (N, C); b (C,): rows in parallel, each row a vector loop
+    for i in prange(x.shape[0]):
+        for j in range(x.shape[1]):
+            v = x[i, j] + b[j]
+            y[i, j] = 0 if v <= 0 else v
+
+
 def bias_relu_forward(x, b, out=None):
     x, b = np.ascontiguousarray(x), np.ascontiguousarray(b)
     y = output(out, x.shape, x.dtype)
-    _bias_relu_fwd(planes(x), b, planes(y))
+    if x.ndim == 2:
+        _bias_relu_rows_fwd(x, b, y)
+    else:
+        _bias_relu_fwd(planes(x), b, planes(y))
     return y
 
 
@@ -132,7 +144,11 @@ def bias_relu_backward(dy, y, out=None):
     dy, y = np.ascontiguousarray(dy), np.ascontiguousarray(y)
     dx = output(None if out is None else out[0], dy.shape, dy.dtype)
     db = output(None if out is None else out[1], (dy.shape[1],), dy.dtype)
-    _bias_relu_bwd(planes(dy), planes(y), planes(dx), db)
+    if dy.ndim == 2:  # dense: the ReLU mask elementwise, then the column sums
+        _relu_bwd(dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
+        column_sums(dx, db)
+    else:
+        _bias_relu_bwd(planes(dy), planes(y), planes(dx), db)
     return dx, db
 
 
