@@ -190,12 +190,15 @@ class Executor:
     """
 
     def __init__(self, model, input_shape, loss="cross_entropy", optimizer=None, device="cpu",
-                 backend: str | None = None, seed: int = 0, share_memory: bool = True):
+                 backend=None, seed: int = 0, share_memory: bool = True):
         if loss not in nn.LOSSES:
             raise ValueError(f"Executor: loss must be one of {sorted(nn.LOSSES)}, got {loss!r}")
         self.model, self.input_shape = model, tuple(int(d) for d in input_shape)
         self.device = resolve_device(device)
-        self.bk = get_backend(backend or ("cuda" if self.device == "cuda" else CPU_BACKEND))
+        if backend is None or isinstance(backend, str):
+            self.bk = get_backend(backend or ("cuda" if self.device == "cuda" else CPU_BACKEND))
+        else:
+            self.bk = backend  # a backend namespace built elsewhere (tests: an emulated GPU)
         if self.device == "cuda":
             import cupy
             self.xp = cupy
