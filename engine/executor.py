@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.backend import get_backend, CPU_BACKEND
-from engine.graph import Graph, Value, trace
+from engine.graph import Graph, fuse_relu, trace
 from engine import nn
 
 ALIGN = 64  # elements: 256-byte aligned views, so kernels may use 16-byte vector loads
@@ -52,6 +52,7 @@ class Bound:
         self.x, self.dx, self.y, self.dy = [], [], None, None
         self.p, self.g, self.s, self.state = {}, {}, {}, {}
         self.seed = 0
+        self.relu = False  # a following ReLU was fused into this node (engine.graph.fuse_relu)
         self.accumulate: list[tuple] = []  # (gradient, scratch) pairs to add after backward
         self.needs_backward = False
 
@@ -69,6 +70,7 @@ class Plan:
         if mode != "predict":
             target = g.input((batch, *ex.target_shape(logits.shape)), ex.loss_layer.target_dtype)
             g.output(ex.loss_layer(logits, target))
+        fused = fuse_relu(g) if ex.fuse else set()
         self.graph = g
         for layer in g.layers():
             if layer.params and id(layer) not in ex.layer_index:
@@ -124,6 +126,9 @@ class Plan:
             b.needs_backward = backward and needs_grad[node.output.index]
             shapes = [v.shape for v in node.inputs]
             b.s = {k: xp.zeros(shape, dtype) for k, (shape, dtype) in node.layer.saved(*shapes).items()}
+            b.relu = node in fused
+            if b.relu and node.layer.relu_fusion == "bias" and b.needs_backward:
+                b.s["pre_relu_grad"] = xp.zeros(node.output.shape, np.float32)
             if node.layer.params:
                 for name in node.layer.params:
                     b.p[name] = ex.param(node.layer, name)
@@ -190,7 +195,7 @@ class Executor:
     """
 
     def __init__(self, model, input_shape, loss="cross_entropy", optimizer=None, device="cpu",
-                 backend=None, seed: int = 0, share_memory: bool = True):
+                 backend=None, seed: int = 0, share_memory: bool = True, fuse: bool = True):
         if loss not in nn.LOSSES:
             raise ValueError(f"Executor: loss must be one of {sorted(nn.LOSSES)}, got {loss!r}")
         self.model, self.input_shape = model, tuple(int(d) for d in input_shape)
@@ -208,6 +213,7 @@ class Executor:
         self.optimizer = optimizer
         self.seed, self.step = int(seed), 0
         self.share_memory = bool(share_memory)
+        self.fuse = bool(fuse)  # fold ReLUs into conv/linear (bias+ReLU) and batch norm
         self.lr = optimizer.lr if optimizer is not None else 0.0
 
         # one trace (batch 2, so batch norm's shape checks pass) finds the layers and parameters

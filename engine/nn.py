@@ -46,7 +46,30 @@ def _kaiming_uniform(shape, fan_in: int) -> np.ndarray:
 # --------------------------------------------------------------------------- parameters
 
 
-class Conv2d(Layer):
+class _Weighted(Layer):
+    """Conv2d and Linear: y = product(x, weight) + bias. When the executor fuses the ReLU that
+    follows (n.relu), bias and ReLU become one pass: relu(y + b) forward, and
+    (dy * (y > 0), its bias sums) backward, instead of two passes each."""
+    relu_fusion = "bias"
+
+    def forward(self, bk, n):
+        if n.relu:
+            self.product(bk, n, None)
+            bk.bias_relu_forward(n.y, n.p["bias"], out=n.y)  # in place: elementwise
+        else:
+            self.product(bk, n, n.p.get("bias"))
+
+    def backward(self, bk, n):
+        dy = n.dy
+        if n.relu:
+            dy = n.s["pre_relu_grad"]
+            bk.bias_relu_backward(n.dy, n.y, out=(dy, n.g["bias"]))
+        elif "bias" in n.g:
+            bk.bias_backward(dy, out=n.g["bias"])
+        self.product_grads(bk, n, dy)
+
+
+class Conv2d(_Weighted):
     """2-D convolution by im2col + GEMM. x (N, C, H, W), weight (K, C, R, S) -> (N, K, P, Q)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
@@ -67,20 +90,16 @@ class Conv2d(Layer):
         return C.conv2d_output_shape(self.name, x_shape, self.params["weight"].shape,
                                      self.stride, self.padding)
 
-    def forward(self, bk, n):
-        bk.conv2d_forward(n.x[0], n.p["weight"], n.p.get("bias"), self.stride, self.padding, out=n.y)
+    def product(self, bk, n, bias):
+        bk.conv2d_forward(n.x[0], n.p["weight"], bias, self.stride, self.padding, out=n.y)
 
-    def backward(self, bk, n):
+    def product_grads(self, bk, n, dy):
         if n.dx[0] is not None:
-            bk.conv2d_backward_data(n.dy, n.p["weight"], n.x[0].shape, self.stride, self.padding, out=n.dx[0])
-        if n.g.get("weight") is not None:
-            bk.conv2d_backward_weight(n.dy, n.x[0], n.p["weight"].shape, self.stride, self.padding,
-                                      out=n.g["weight"])
-        if n.g.get("bias") is not None:
-            bk.bias_backward(n.dy, out=n.g["bias"])
+            bk.conv2d_backward_data(dy, n.p["weight"], n.x[0].shape, self.stride, self.padding, out=n.dx[0])
+        bk.conv2d_backward_weight(dy, n.x[0], n.p["weight"].shape, self.stride, self.padding, out=n.g["weight"])
 
 
-class Linear(Layer):
+class Linear(_Weighted):
     """Dense layer. x (N, in_features), weight (out_features, in_features) -> (N, out_features)."""
 
     def __init__(self, in_features, out_features, bias=True):
@@ -94,21 +113,19 @@ class Linear(Layer):
     def infer(self, x_shape):
         return C.linear_output_shape(self.name, x_shape, self.params["weight"].shape)
 
-    def forward(self, bk, n):
-        bk.linear_forward(n.x[0], n.p["weight"], n.p.get("bias"), out=n.y)
+    def product(self, bk, n, bias):
+        bk.linear_forward(n.x[0], n.p["weight"], bias, out=n.y)
 
-    def backward(self, bk, n):
+    def product_grads(self, bk, n, dy):
         if n.dx[0] is not None:
-            bk.linear_backward_data(n.dy, n.p["weight"], out=n.dx[0])
-        if n.g.get("weight") is not None:
-            bk.linear_backward_weight(n.dy, n.x[0], out=n.g["weight"])
-        if n.g.get("bias") is not None:
-            bk.bias_backward(n.dy, out=n.g["bias"])
+            bk.linear_backward_data(dy, n.p["weight"], out=n.dx[0])
+        bk.linear_backward_weight(dy, n.x[0], out=n.g["weight"])
 
 
 class _BatchNorm(Layer):
     ndim = 4
     input_grads_required = True  # the backward op computes dx with dgamma/dbeta in one pass
+    relu_fusion = "batchnorm"    # a following ReLU runs inside batch_norm_relu_forward/backward
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
         super().__init__()
@@ -135,13 +152,17 @@ class _BatchNorm(Layer):
         return {"mean": (c, np.float32), "invstd": (c, np.float32)}
 
     def forward(self, bk, n):
-        bk.batch_norm_forward(n.x[0], n.p["weight"], n.p["bias"], n.state["running_mean"],
-                              n.state["running_var"], n.training, self.momentum, self.eps,
-                              out=(n.y, n.s["mean"], n.s["invstd"]))
+        op = bk.batch_norm_relu_forward if n.relu else bk.batch_norm_forward
+        op(n.x[0], n.p["weight"], n.p["bias"], n.state["running_mean"], n.state["running_var"],
+           n.training, self.momentum, self.eps, out=(n.y, n.s["mean"], n.s["invstd"]))
 
     def backward(self, bk, n):
-        bk.batch_norm_backward(n.dy, n.x[0], n.p["weight"], n.s["mean"], n.s["invstd"], n.training,
-                               out=(n.dx[0], n.g["weight"], n.g["bias"]))
+        out = (n.dx[0], n.g["weight"], n.g["bias"])
+        if n.relu:
+            bk.batch_norm_relu_backward(n.dy, n.y, n.x[0], n.p["weight"], n.s["mean"], n.s["invstd"],
+                                        n.training, out=out)
+        else:
+            bk.batch_norm_backward(n.dy, n.x[0], n.p["weight"], n.s["mean"], n.s["invstd"], n.training, out=out)
 
 
 class BatchNorm2d(_BatchNorm):

@@ -854,7 +854,7 @@ def test_kernels_match_the_reference_on_emulated_cuda(emulated_gpu_backend):
 @pytest.mark.slow
 def test_executor_trains_on_emulated_cuda_like_on_numba(emulated_gpu_backend):
     """The GPU path end to end: the executor on (stand-in) device arrays, the real kernels,
-    launchers and glue, a small CNN with batch norm, pooling and dropout, SGD with momentum:
+    launchers and glue, a small CNN with fused conv+ReLU and BN+ReLU, pooling and dropout, SGD with momentum:
     the losses follow the Numba executor's step for step (dropout masks are the same bits)."""
     from engine import nn
     from engine.executor import Executor
@@ -863,8 +863,9 @@ def test_executor_trains_on_emulated_cuda_like_on_numba(emulated_gpu_backend):
 
     def model():
         nn.manual_seed(7)
-        return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2),
-                             nn.Flatten(), nn.Dropout(0.25), nn.Linear(3 * 4 * 4, 5))
+        # conv+ReLU and BN+ReLU run fused (bias_relu, batch_norm_relu kernels)
+        return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.BatchNorm2d(3),
+                             nn.ReLU(), nn.Flatten(), nn.Dropout(0.25), nn.Linear(3 * 4 * 4, 5))
 
     rng = np.random.default_rng(8)
     batches = [(rng.standard_normal((4, 1, 8, 8)).astype(np.float32), rng.integers(0, 5, 4)) for _ in range(3)]

@@ -222,3 +222,29 @@ def test_residual_gradients_match_pytorch():
     torch.nn.functional.cross_entropy(out, torch.from_numpy(y)).backward()
     for i, (layer, name) in enumerate((layer, name) for layer in ex.layers for name in layer.params):
         assert_close(ex.grad(layer, name), p[keys[i]].grad.numpy(), **tol("training"), what=keys[i])
+
+
+def test_relu_fusion_folds_relus_and_changes_nothing():
+    rng = np.random.default_rng(9)
+    x, y = batch(rng, 16)
+
+    def model():
+        nn.manual_seed(4)
+        return nn.Sequential(nn.Conv2d(1, 4, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(4, 4, 3, bias=False), nn.ReLU(),            # no bias: not fused
+                             nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(4 * 12 * 12, 16), nn.ReLU(), nn.Linear(16, 10))
+
+    runs = {}
+    for fuse in (True, False):
+        ex = Executor(model(), (1, 28, 28), optimizer=SGD(0.05, momentum=0.9), fuse=fuse)
+        runs[fuse] = [float(ex.train_step(x, y)) for _ in range(3)] + [ex.predict(x).copy()]
+        plan = ex.plan(16, "train")
+        kinds = [type(b.layer).__name__ + ("+ReLU" if b.relu else "") for b in plan.bound]
+        if fuse:
+            assert kinds[:7] == ["Conv2d+ReLU", "MaxPool2d", "Conv2d", "ReLU", "BatchNorm2d+ReLU",
+                                 "Flatten", "Linear+ReLU"], kinds
+        else:
+            assert kinds.count("ReLU") == 4
+    assert_close(np.array(runs[True][:3]), np.array(runs[False][:3]), **tol("training"))
+    assert_close(runs[True][3], runs[False][3], **tol("training"))
