@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.backend import get_backend, CPU_BACKEND
-from engine.graph import Graph, fuse_relu, trace
+from engine.graph import Graph, trace
 from engine import nn
 
 ALIGN = 64  # elements: 256-byte aligned views, so kernels may use 16-byte vector loads
@@ -44,6 +44,28 @@ def resolve_device(device: str) -> str:
     return "cpu"
 
 
+def fuse_relu(g: Graph) -> set:
+    """Fusion pass: a ReLU whose input is made by a layer that can run it (relu_fusion set:
+    conv/linear with a bias, batch norm) and read by nobody else is folded into that layer's
+    node, which then makes the ReLU's output. Returns the fused nodes; renumbers the graph."""
+    fused = set()
+    for relu in [node for node in g.nodes if isinstance(node.layer, nn.ReLU)]:
+        v = relu.inputs[0]
+        a = v.producer
+        if (a is None or a.layer.relu_fusion is None or v.consumers != [relu] or v in g.outputs
+                or (a.layer.relu_fusion == "bias" and "bias" not in a.layer.params)):
+            continue
+        a.output, relu.output.producer = relu.output, a
+        g.nodes.remove(relu)
+        g.values.remove(v)
+        fused.add(a)
+    for i, node in enumerate(g.nodes):
+        node.index = i
+    for i, value in enumerate(g.values):
+        value.index = i
+    return fused
+
+
 class Bound:
     """A node bound to real arrays (what a layer's forward/backward reads and writes)."""
 
@@ -52,7 +74,7 @@ class Bound:
         self.x, self.dx, self.y, self.dy = [], [], None, None
         self.p, self.g, self.s, self.state = {}, {}, {}, {}
         self.seed = 0
-        self.relu = False  # a following ReLU was fused into this node (engine.graph.fuse_relu)
+        self.relu = False  # a following ReLU was fused into this node (fuse_relu)
         self.accumulate: list[tuple] = []  # (gradient, scratch) pairs to add after backward
         self.needs_backward = False
 

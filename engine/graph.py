@@ -70,28 +70,6 @@ class Graph:
         return out
 
 
-def fuse_relu(g: Graph) -> set:
-    """Fusion pass: a ReLU whose input is made by a layer that can run it (relu_fusion set:
-    conv/linear with a bias, batch norm) and read by nobody else is folded into that layer's
-    node, which then makes the ReLU's output. Returns the fused nodes; renumbers the graph."""
-    fused = set()
-    for relu in [node for node in g.nodes if type(node.layer).__name__ == "ReLU"]:
-        v = relu.inputs[0]
-        a = v.producer
-        if (a is None or a.layer.relu_fusion is None or v.consumers != [relu] or v in g.outputs
-                or (a.layer.relu_fusion == "bias" and "bias" not in a.layer.params)):
-            continue
-        a.output, relu.output.producer = relu.output, a
-        g.nodes.remove(relu)
-        g.values.remove(v)
-        fused.add(a)
-    for i, node in enumerate(g.nodes):
-        node.index = i
-    for i, value in enumerate(g.values):
-        value.index = i
-    return fused
-
-
 def trace(model, input_shape: tuple) -> Graph:
     """Trace `model` (a Layer or Model) for one input shape, batch included."""
     g = Graph()
