@@ -3,13 +3,15 @@
 pyproject.toml holds the package metadata; this file adds what setuptools cannot say
 declaratively:
 
-* engine._cuda_ext, the pybind11 module over csrc/ (host launchers, which #include the one
-  copy of each kernel in kernels/), built with nvcc when a CUDA toolkit is found (CUDA_HOME
-  or CUDA_PATH, else nvcc on PATH, else /usr/local/cuda). Target architectures: sm_70, 80,
-  86, 89, 90 plus PTX for the newest, restricted to what `nvcc --list-gpu-arch` reports
-  (CUDA 13 dropped sm_70); ENGINE_CUDA_ARCHS="80;90" overrides. The .cu files compile in
-  parallel (one nvcc per core; ENGINE_BUILD_JOBS overrides). cudart is linked statically,
-  so the module imports without libcudart and makes no CUDA call at import.
+* engine._cuda_ext, the pybind11 module (bindings/module.cpp) holding every kernel of
+  kernels/*.cu -- the one copy of each, compiled by nvcc with csrc/registry.h force-included
+  so that each kernel registers itself to be launched by name -- built when a CUDA toolkit
+  is found (CUDA_HOME or CUDA_PATH, else nvcc on PATH, else /usr/local/cuda). Target
+  architectures: sm_70, 80, 86, 89, 90 plus PTX for the newest, restricted to what
+  `nvcc --list-gpu-arch` reports (CUDA 13 dropped sm_70); ENGINE_CUDA_ARCHS="80;90"
+  overrides. The .cu files compile in parallel (one nvcc per core; ENGINE_BUILD_JOBS
+  overrides). cudart is linked statically, so the module imports without libcudart and
+  makes no CUDA call at import.
 * Without a toolkit, or when the build fails, the package installs WITHOUT the extension
   (it never blocks an install): the GPU path then runs through CuPy + NVRTC.
   Either way the build prints which paths it built (pip shows it with -v).
@@ -17,7 +19,7 @@ declaratively:
 * kernels/*.cu and *.cuh ship as package data under engine/cuda/kernels/ in a wheel or
   regular install (copied by build_py into the build tree only; the repository keeps one
   copy). An editable install reads them from the checkout's kernels/ directly.
-  engine/cuda/rtc.py:kernels_dir() looks in that order: $ENGINE_KERNELS_DIR,
+  engine/cuda/launch.py:kernels_dir() looks in that order: $ENGINE_KERNELS_DIR,
   engine/cuda/kernels/, <checkout>/kernels/.
 """
 from __future__ import annotations
@@ -112,7 +114,7 @@ class BuildPy(build_py):
 
 
 class BuildCudaExt(build_ext):
-    """nvcc compiles csrc/*.cu in parallel, the host compiler compiles bindings/, then link."""
+    """nvcc compiles kernels/*.cu in parallel, the host compiler compiles bindings/, then link."""
 
     def build_extensions(self):
         built = []
@@ -144,12 +146,12 @@ class BuildCudaExt(build_ext):
         log(f"CUDA toolkit: {home}")
         obj_dir = os.path.join(self.build_temp, "cuda")
         os.makedirs(obj_dir, exist_ok=True)
-        cu_sources = sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cu")))
+        cu_sources = sorted(glob.glob(os.path.join(ROOT, "kernels", "*.cu")))
         nvcc_flags = ["-O3", "-std=c++17", "-Xcompiler", "-fPIC,-fvisibility=hidden", "-Werror", "all-warnings",
-                      *gencode_flags(archs)]
+                      "-include", os.path.join(ROOT, "csrc", "registry.h"), *gencode_flags(archs)]
 
         def compile_cu(src: str) -> str:
-            obj = os.path.join(obj_dir, os.path.basename(src) + ".o")
+            obj = os.path.join(obj_dir, os.path.basename(src) + ".o")  # kernels/<family>.cu.o
             cmd = [nvcc, *nvcc_flags, "-c", src, "-o", obj]
             result = subprocess.run(cmd, capture_output=True, text=True)
             if result.returncode != 0:
@@ -180,7 +182,7 @@ def cuda_extension() -> list[Extension]:
         log("pybind11 is not importable: engine._cuda_ext NOT built")
         return []
     return [Pybind11Extension("engine._cuda_ext", ["bindings/module.cpp"], cxx_std=17,
-                              depends=glob.glob("csrc/*.h"))]
+                              depends=glob.glob("csrc/*.h") + glob.glob("kernels/*"))]
 
 
 setup(ext_modules=cuda_extension(), cmdclass={"build_ext": BuildCudaExt, "build_py": BuildPy})

@@ -15,9 +15,10 @@ import pytest
 
 from engine import bench, validate
 from engine.backend import get_backend
+from engine.ops import cases
 from engine.tolerances import assert_close, tol
 
-CASES = validate.cases("lenet", 256)
+CASES = cases("lenet", 256)
 IDS = [f"{c.op}-{c.label}" for c in CASES]
 ROUNDS = dict(rounds=5, warmup_rounds=1, iterations=1)  # bounded: 2-core CI machines are slow
 
@@ -64,7 +65,7 @@ def test_lenet_train_step_ours(benchmark):
 
 # A ratio means something only if PyTorch computes the same thing: check each counterpart
 # against the float64 reference on small shapes (plain test; --benchmark-only skips it).
-SAME_OP = [c for c in validate.cases("odd") + validate.cases("lenet", 4)
+SAME_OP = [c for c in cases("odd") + cases("lenet", 4)
            if not c.op.startswith("dropout") and not c.op.endswith("_update")  # other RNG / stateful
            and not (c.op.startswith("batch_norm") and not c.shape.training)]
 
@@ -76,8 +77,8 @@ def test_torch_counterpart_computes_the_same_op(case):
     expected = validate.reference_outputs(case, args)
     got = bench.torch_counterpart(case, bench.to_torch(args, "cpu"), "cpu")()
     got = got if isinstance(got, tuple) else (got,)
-    returned = len(case.spec.outputs) - len(case.spec.inplace)
-    for name, g, e in zip(case.spec.outputs[:returned], got, expected[:returned]):
+    returned = case.card.returns
+    for name, g, e in zip(case.card.outputs[:returned], got, expected[:returned]):
         # PyTorch is float32 too, and sums in its own order: ten times our float32 bounds
-        bounds = {k: 10 * v for k, v in tol(case.spec.family).items()}
+        bounds = {k: 10 * v for k, v in tol(case.card.family).items()}
         assert_close(g.numpy(), e, **bounds, what=f"torch counterpart of {case.op} {case.label}: {name}")

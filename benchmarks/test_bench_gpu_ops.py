@@ -9,11 +9,12 @@ import pytest
 
 from engine import bench, validate
 from engine.backend import get_backend
+from engine.ops import cases
 
 GPU, EXTENSION, WHY_NOT = validate.cuda_status()
 pytestmark = pytest.mark.skipif(not GPU, reason=f"no GPU/CuPy: {WHY_NOT}")
 
-CASES = validate.cases("lenet", 256)
+CASES = cases("lenet", 256)
 IDS = [f"{c.op}-{c.label}" for c in CASES]
 ROUNDS = dict(rounds=50, warmup_rounds=3, iterations=1)
 NO_EXTENSION = "the compiled extension (cuda-ext) is not built" if GPU else f"no GPU/CuPy: {WHY_NOT}"

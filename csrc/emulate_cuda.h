@@ -1,11 +1,12 @@
 // emulate_cuda.h -- a CPU emulation of the CUDA execution model, for tests only.
 //
-// tests/test_cuda_build.py compiles csrc/*.cu and bindings/module.cpp with g++ against this
-// header (force-included, standing in for <cuda_runtime.h>; `k<<<grid, block, smem,
-// stream>>>(args)` rewritten to `emu::config(k, grid, block, smem, stream)(args)`), which
-// runs the one copy of every kernel in kernels/ on the host, through the real launchers and
-// bindings, without a GPU. Not part of any build of the extension. The test build defines
-// ENGINE_EMULATED_CUDA, which caps grid-stride grids at a few blocks (launch_common.h).
+// tests/test_cuda_build.py compiles kernels/*.cu and bindings/module.cpp with g++ against this
+// header (force-included, standing in for <cuda_runtime.h>, with ENGINE_EMULATED_CUDA
+// defined, under which csrc/registry.h launches a kernel as emu::config(k, grid, block)(args)),
+// which runs the one copy of every kernel in kernels/ on the host, launched by name through
+// the real extension module, without a GPU. Not part of any build of the extension. The
+// tests lower the grid-stride cap (engine/cuda/launch.py: GRID_STRIDE_CAP) to a few blocks:
+// every block here costs OS threads.
 //
 // Model: the blocks of a launch run one after another; the threads of a block run as OS
 // threads, so __syncthreads (a std::barrier over the block) and warp shuffles (a barrier per
@@ -75,7 +76,6 @@ inline thread_local cudaError_t emu_last_error = 0;
 inline cudaError_t cudaGetLastError() { cudaError_t e = emu_last_error; emu_last_error = 0; return e; }
 inline const char* cudaGetErrorName(cudaError_t) { return "emulatedError"; }
 inline const char* cudaGetErrorString(cudaError_t) { return "emulated error"; }
-inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) { std::memset(p, v, n); return 0; }
 inline cudaError_t cudaGetDeviceCount(int* n) { *n = 1; return 0; }
 
 namespace emu {

@@ -5,7 +5,8 @@ same shapes, same dtype; a result is checked against the float64 reference befor
 timed; CPU timings alternate ours and PyTorch's and quote the median ratio; GPU timings
 use CUDA events, a warm-up, an L2 flush before every repeat and the median of >= 50
 repeats, with the copy bandwidth and cuBLAS SGEMM rate measured in the same run as the
-ceilings. Inputs come from engine.validate.OP_TABLE, the one table of op inputs.
+ceilings (engine/measure.py). Inputs and the PyTorch counterparts come from the op cards
+(engine/reference/<family>.py, engine.ops).
 
 Suites (each returns a list of row dicts):
 
@@ -22,12 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import json
-import math
 import os
-import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -37,168 +33,16 @@ import numpy as np
 
 from engine import validate
 from engine.backend import get_backend
-
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
-
-# --------------------------------------------------------------------------------------
-# What it ran on.
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _version(module: str) -> str | None:
-    try:
-        return __import__(module).__version__
-    except Exception:
-        return None
-
-
-def environment(command: str | None = None) -> dict:
-    """Versions and hardware, GPU fields None where there is none."""
-    env = {
-        "date": datetime.date.today().isoformat(),
-        "command": command if command is not None else " ".join([Path(sys.executable).name] + sys.argv),
-        "python": platform.python_version(), "numpy": np.__version__, "numba": _version("numba"),
-        "torch": _version("torch"), "cpu": _cpu_model(), "cpu_cores": os.cpu_count(),
-        "gpu": None, "driver": None, "cuda_runtime": None, "cupy": _version("cupy"), "cudnn": None,
-        # other processes competing for the cores make CPU times meaningless: say how busy it was
-        "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-    }
-    try:
-        import torch
-        env["torch_threads"] = torch.get_num_threads()
-        if torch.cuda.is_available():
-            env["cudnn"] = torch.backends.cudnn.version()
-    except Exception:
-        pass
-    if gpu_available():
-        import cupy
-        runtime = cupy.cuda.runtime
-        props = runtime.getDeviceProperties(cupy.cuda.Device().id)
-        name = props["name"]
-        env["gpu"] = name.decode() if isinstance(name, bytes) else str(name)
-        env["driver"] = _cuda_version_string(runtime.driverGetVersion())
-        env["cuda_runtime"] = _cuda_version_string(runtime.runtimeGetVersion())
-        env["l2_bytes"] = int(props["l2CacheSize"])
-    return env
-
-
-def _cuda_version_string(v: int) -> str:
-    return f"{v // 1000}.{(v % 1000) // 10}"
-
-
-def gpu_available() -> bool:
-    gpu, _, _ = validate.cuda_status()
-    return gpu
-
-
-def torch_or_none():
-    try:
-        import torch
-        return torch
-    except ImportError:
-        return None
-
-
-# --------------------------------------------------------------------------------------
-# Timing on the CPU: ours and PyTorch's alternate, each a median over repeats.
-
-
-def _time_once(fn: Callable, inner: int) -> float:
-    start = time.perf_counter()
-    for _ in range(inner):
-        fn()
-    return (time.perf_counter() - start) / inner
-
-
-def compare_cpu(ours: Callable, theirs: Callable | None, repeats: int = 7,
-                min_seconds: float = 0.02) -> dict:
-    """Median seconds per call of ours and theirs, run alternately (which goes first flips
-    every repeat, so drift from a noisy neighbour hits both), and the median of the
-    per-repeat ratios ours/theirs. Both are called once first: Numba compiles, caches warm."""
-    ours()
-    if theirs is not None:
-        theirs()
-    # enough calls per measurement that one measurement is not dominated by timer noise
-    inner = max(1, int(min_seconds / max(_time_once(ours, 1), 1e-7)))
-    t_ours, t_theirs, ratios = [], [], []
-    for i in range(repeats):
-        pair = [(ours, t_ours), (theirs, t_theirs)] if i % 2 == 0 else [(theirs, t_theirs), (ours, t_ours)]
-        for fn, sink in pair:
-            if fn is not None:
-                sink.append(_time_once(fn, inner))
-        if theirs is not None:
-            ratios.append(t_ours[-1] / t_theirs[-1])
-    return {"ours_s": statistics.median(t_ours),
-            "torch_s": statistics.median(t_theirs) if t_theirs else None,
-            "ratio": statistics.median(ratios) if ratios else None,
-            "repeats": repeats, "calls_per_repeat": inner}
-
-
-# --------------------------------------------------------------------------------------
-# Timing on the GPU: CUDA events, L2 flushed before every repeat, median.
-
-
-class GpuTimer:
-    """Times a callable that launches GPU work on the default stream (ours via CuPy, PyTorch's
-    on its default stream, which is the same legacy default stream)."""
-
-    def __init__(self, repeats: int = 50, warmup: int = 3):
-        import cupy
-        self.cupy, self.repeats, self.warmup = cupy, max(50, repeats), warmup
-        l2 = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["l2CacheSize"]
-        # writing twice the L2 size evicts whatever the timed op could have found there
-        self.flush_buffer = cupy.empty(max(2 * int(l2), 1 << 22) // 4, dtype=cupy.float32)
-        self.start, self.end = cupy.cuda.Event(), cupy.cuda.Event()
-
-    def __call__(self, fn: Callable) -> float:
-        """Median seconds of fn() over self.repeats, each after an L2 flush."""
-        cupy = self.cupy
-        for _ in range(self.warmup):  # module load, NVRTC compile, cuBLAS handles stay out
-            fn()
-        cupy.cuda.Device().synchronize()
-        times = []
-        for _ in range(self.repeats):
-            self.flush_buffer.fill(0)
-            self.start.record()
-            fn()
-            self.end.record()
-            self.end.synchronize()
-            times.append(cupy.cuda.get_elapsed_time(self.start, self.end) / 1e3)
-        return statistics.median(times)
-
-
-def gpu_ceilings(timer: GpuTimer) -> dict:
-    """The measured roofs: device-to-device copy bandwidth (bytes read + written per second)
-    over 1 GiB, and the cuBLAS SGEMM rate at 8192^3 (FP32, no TF32)."""
-    cupy = timer.cupy
-    src = cupy.random.standard_normal(1 << 28, dtype=cupy.float32)  # 1 GiB
-    dst = cupy.empty_like(src)
-    copy = timer(lambda: dst.data.copy_from_device_async(src.data, src.nbytes))
-    del src, dst
-    n = 8192
-    a = cupy.random.standard_normal((n, n), dtype=cupy.float32)
-    b = cupy.random.standard_normal((n, n), dtype=cupy.float32)
-    c = cupy.empty((n, n), dtype=cupy.float32)
-    sgemm = timer(lambda: cupy.matmul(a, b, out=c))
-    return {"copy_GBps": 2 * (1 << 30) / copy / 1e9, "sgemm_TFLOPs": 2.0 * n ** 3 / sgemm / 1e12,
-            "copy_bytes": 1 << 30, "sgemm_n": n}
-
+from engine.cards import Conv, Gemm, TorchEnv
+from engine.measure import (RESULTS_DIR, GpuTimer, compare_cpu, environment, gpu_available, gpu_ceilings,
+                            torch_or_none, write_results)
+from engine.ops import Case, cases
 
 # --------------------------------------------------------------------------------------
 # Work per op: FLOPs (compute-bound ops) and the fewest bytes it must move.
 
 
-def min_bytes(case: validate.Case, args: tuple, outputs: tuple) -> int:
+def min_bytes(case: Case, args: tuple, outputs: tuple) -> int:
     """Each array input read once, each output written once, in-place state read and written."""
     read = sum(a.nbytes for a in args if hasattr(a, "nbytes"))
     written = sum(o.nbytes for o in outputs)  # outputs include the in-place-updated args
@@ -206,171 +50,18 @@ def min_bytes(case: validate.Case, args: tuple, outputs: tuple) -> int:
 
 
 # --------------------------------------------------------------------------------------
-# PyTorch counterparts, one per op, taking our positional args as torch tensors. They are
-# what PyTorch eager runs for the same layer (on a GPU: cuDNN for conv and, where PyTorch
-# picks it, batch norm; cuBLAS for GEMMs; PyTorch's own kernels for the rest).
+# PyTorch counterparts: each card names what PyTorch eager runs for the same op (on a GPU:
+# cuDNN for conv and, where PyTorch picks it, batch norm; cuBLAS for GEMMs; PyTorch's own
+# kernels for the rest).
 
 
-def torch_counterpart(case: validate.Case, t: list, device: str) -> Callable | None:
+def torch_counterpart(case: Case, t: list, device: str) -> Callable | None:
     """A zero-argument callable running case.op in PyTorch on args t (ours, as torch tensors),
-    or None if PyTorch has no counterpart."""
+    or None if the card names no counterpart."""
+    if case.card.torch is None:
+        return None
     import torch
-    import torch.nn.functional as F
-    aten = torch.ops.aten
-    op = case.op
-
-    def empty(shape):
-        return torch.empty(tuple(shape), device=device)
-
-    def axes_but_1(ndim):
-        return [a for a in range(ndim) if a != 1]
-
-    if op == "im2col":
-        x, kernel, stride, padding = t
-        return lambda: F.unfold(x, kernel, padding=padding, stride=stride)
-    if op == "col2im":
-        cols, x_shape, kernel, stride, padding = t
-        return lambda: F.fold(cols, tuple(x_shape[2:]), kernel, padding=padding, stride=stride)
-    if op == "gemm":
-        a, b, ta, tb = t
-        return lambda: torch.mm(a.t() if ta else a, b.t() if tb else b)
-    if op == "conv2d_forward":
-        x, w, b, stride, padding = t
-        return lambda: F.conv2d(x, w, b, stride, padding)
-    if op == "conv2d_backward_data":
-        dy, w, x_shape, stride, padding = t
-        x = empty(x_shape)
-        return lambda: aten.convolution_backward(dy, x, w, None, stride, padding, (1, 1), False, (0, 0), 1,
-                                                 (True, False, False))[0]
-    if op == "conv2d_backward_weight":
-        dy, x, w_shape, stride, padding = t
-        w = empty(w_shape)
-        return lambda: aten.convolution_backward(dy, x, w, None, stride, padding, (1, 1), False, (0, 0), 1,
-                                                 (False, True, False))[1]
-    if op == "linear_forward":
-        x, w, b = t
-        return lambda: F.linear(x, w, b)
-    if op == "linear_backward_data":
-        dy, w = t
-        return lambda: torch.mm(dy, w)
-    if op == "linear_backward_weight":
-        dy, x = t
-        return lambda: torch.mm(dy.t(), x)
-    if op == "bias_backward":
-        (dy,) = t
-        return lambda: dy.sum(dim=axes_but_1(dy.ndim))
-    if op == "add":
-        a, b = t
-        return lambda: torch.add(a, b)
-    if op == "max_pool2d_forward":
-        x, kernel, stride, padding = t
-        return lambda: F.max_pool2d(x, kernel, stride, padding, return_indices=True)
-    if op == "max_pool2d_backward":
-        dy, argmax, x_shape = t
-        x, idx, pool = empty(x_shape), argmax.long(), case.shape  # torch wants int64 indices
-        return lambda: aten.max_pool2d_with_indices_backward(dy, x, pool.kernel, pool.stride, pool.padding,
-                                                             (1, 1), False, idx)
-    if op == "avg_pool2d_forward":
-        x, kernel, stride, padding, cip = t
-        return lambda: F.avg_pool2d(x, kernel, stride, padding, count_include_pad=cip)
-    if op == "avg_pool2d_backward":
-        dy, x_shape, kernel, stride, padding, cip = t
-        x = empty(x_shape)
-        return lambda: aten.avg_pool2d_backward(dy, x, kernel, stride, padding, False, cip, None)
-    if op in ("batch_norm_forward", "batch_norm_relu_forward"):
-        x, gamma, beta, rm, rv, training, momentum, eps = t
-        relu = op == "batch_norm_relu_forward"
-        return lambda: (F.relu(F.batch_norm(x, rm, rv, gamma, beta, training, momentum, eps)) if relu
-                        else F.batch_norm(x, rm, rv, gamma, beta, training, momentum, eps))
-    if op == "batch_norm_backward":
-        dy, x, gamma, mean, invstd, training = t
-        return lambda: aten.native_batch_norm_backward(dy, x, gamma, None, None, mean, invstd, training, 1e-5,
-                                                       (True, True, True))
-    if op == "batch_norm_relu_backward":
-        dy, y, x, gamma, mean, invstd, training = t
-        return lambda: aten.native_batch_norm_backward(aten.threshold_backward(dy, y, 0), x, gamma, None, None,
-                                                       mean, invstd, training, 1e-5, (True, True, True))
-    if op == "relu_forward":
-        return lambda: F.relu(t[0])
-    if op == "relu_backward":
-        dy, y = t
-        return lambda: aten.threshold_backward(dy, y, 0)
-    if op == "bias_relu_forward":
-        x, b = t
-        b = b.view((1, -1) + (1,) * (x.ndim - 2))
-        return lambda: F.relu(x + b)
-    if op == "bias_relu_backward":
-        dy, y = t
-
-        def bias_relu_backward():
-            dx = aten.threshold_backward(dy, y, 0)
-            return dx, dx.sum(dim=axes_but_1(dx.ndim))
-        return bias_relu_backward
-    if op == "leaky_relu_forward":
-        x, slope = t
-        return lambda: F.leaky_relu(x, slope)
-    if op == "leaky_relu_backward":
-        dy, x, slope = t
-        return lambda: aten.leaky_relu_backward(dy, x, slope, False)
-    if op == "sigmoid_forward":
-        return lambda: torch.sigmoid(t[0])
-    if op == "sigmoid_backward":
-        dy, y = t
-        return lambda: aten.sigmoid_backward(dy, y)
-    if op == "tanh_forward":
-        return lambda: torch.tanh(t[0])
-    if op == "tanh_backward":
-        dy, y = t
-        return lambda: aten.tanh_backward(dy, y)
-    if op == "dropout_forward":
-        x, p, _seed = t
-        return lambda: aten.native_dropout(x, p, True)
-    if op == "dropout_backward":
-        dy, mask, p = t
-        keep = mask.bool()
-        return lambda: aten.native_dropout_backward(dy, keep, 1.0 / (1.0 - p))
-    if op == "softmax_cross_entropy_forward":
-        logits, labels = t
-        one = torch.ones((), device=device)
-
-        def cross_entropy_forward_backward():  # the kernels eager autograd runs for F.cross_entropy
-            logp = aten._log_softmax(logits, 1, False)
-            loss, total_weight = aten.nll_loss_forward(logp, labels, None, 1, -100)
-            dlogp = aten.nll_loss_backward(one, logp, labels, None, 1, -100, total_weight)
-            return loss, aten._log_softmax_backward_data(dlogp, logp, 1, logits.dtype)
-        return cross_entropy_forward_backward
-    if op == "mse_loss_forward":
-        pred, target = t
-        return lambda: F.mse_loss(pred, target)
-    if op == "mse_loss_backward":
-        pred, target, dloss = t
-        return lambda: aten.mse_loss_backward(dloss, pred, target, 1)
-    if op.endswith("_update"):
-        return _torch_optimizer_step(op, t)
-    return None
-
-
-def _torch_optimizer_step(op: str, t: list) -> Callable:
-    """One torch.optim step over one flat parameter, hyperparameters as ours (PyTorch's default
-    implementation for the device: foreach on CUDA)."""
-    import torch
-    param = t[0].clone().requires_grad_(False)
-    param.grad = t[1].clone()
-    if op == "sgd_update":
-        _, _, _, lr, momentum, wd, nesterov = t
-        opt = torch.optim.SGD([param], lr=lr, momentum=momentum, weight_decay=wd, nesterov=nesterov)
-    elif op == "adam_update":
-        _, _, _, _, _, lr, b1, b2, eps, wd, decoupled = t
-        cls = torch.optim.AdamW if decoupled else torch.optim.Adam
-        opt = cls([param], lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd)
-    elif op == "rmsprop_update":
-        _, _, _, lr, alpha, eps, wd = t
-        opt = torch.optim.RMSprop([param], lr=lr, alpha=alpha, eps=eps, weight_decay=wd)
-    else:
-        _, _, _, lr, eps, wd = t
-        opt = torch.optim.Adagrad([param], lr=lr, eps=eps, weight_decay=wd)
-    opt.step()  # creates the state (momentum buffers, moments) outside the timed calls
-    return opt.step
+    return case.card.torch(TorchEnv(torch, device, case.shape), *t)
 
 
 def to_torch(args, device: str) -> list:
@@ -384,9 +75,9 @@ def to_torch(args, device: str) -> list:
 # kernels take the same path whatever the batch. Every other op is checked at its own shape.
 
 
-def check_case(case: validate.Case, backend, xp) -> str:
+def check_case(case: Case, backend, xp) -> str:
     """'ok', or what went wrong, for case on backend, against the float64 reference."""
-    if isinstance(case.shape, validate.Conv) and case.shape.x[0] > 2:
+    if isinstance(case.shape, Conv) and case.shape.x[0] > 2:
         case = dataclasses.replace(case, shape=dataclasses.replace(case.shape, x=(2,) + case.shape.x[1:]))
     args = case.inputs()
     expected = validate.reference_outputs(case, args)
@@ -399,10 +90,10 @@ def check_case(case: validate.Case, backend, xp) -> str:
 # Suites.
 
 
-def cpu_op_cases(quick: bool) -> list[validate.Case]:
+def cpu_op_cases(quick: bool) -> list[Case]:
     if quick:
-        return validate.cases("lenet", 256)
-    return validate.cases("lenet", 256) + validate.cases("alexnet", 32)
+        return cases("lenet", 256)
+    return cases("lenet", 256) + cases("alexnet", 32)
 
 
 def run_cpu_ops(quick: bool = False, ops=None, repeats: int | None = None, log=print) -> list[dict]:
@@ -416,7 +107,7 @@ def run_cpu_ops(quick: bool = False, ops=None, repeats: int | None = None, log=p
     for case in cpu_op_cases(quick):
         if ops and case.op not in ops:
             continue
-        row = {"suite": "cpu_ops", "op": case.op, "direction": validate.direction(case.op),
+        row = {"suite": "cpu_ops", "op": case.op, "direction": case.card.direction,
                "shapes": case.label, "shape": case.shape.describe(), "exposure": "numba"}
         row["check"] = check_case(case, numba, np)
         if row["check"] != "ok":
@@ -441,7 +132,7 @@ def run_cpu_ops(quick: bool = False, ops=None, repeats: int | None = None, log=p
     return rows
 
 
-def _bind(backend, case: validate.Case, args: list) -> Callable:
+def _bind(backend, case: Case, args: list) -> Callable:
     fn = getattr(backend, case.op)
     return lambda: fn(*args)
 
@@ -459,10 +150,9 @@ def _cpu_line(row: dict) -> str:
             f"{ms(row['torch_s']):>9} {ratio:>10} {gflops:>8} {row['ours_GBps']:6.1f}")
 
 
-def gpu_op_cases(quick: bool) -> list[validate.Case]:
-    cases = validate.cases("lenet", 256) + ([] if quick else validate.cases("alexnet", 128))
-    big = validate.Gemm("4096^3", 4096, 4096, 4096)
-    return cases + [validate.Case("gemm", "square", big)]
+def gpu_op_cases(quick: bool) -> list[Case]:
+    chosen = cases("lenet", 256) + ([] if quick else cases("alexnet", 128))
+    return chosen + [Case("gemm", "square", Gemm("4096^3", 4096, 4096, 4096))]
 
 
 def run_gpu_ops(quick: bool = False, ops=None, log=print) -> tuple[list[dict], dict]:
@@ -498,7 +188,7 @@ def run_gpu_ops(quick: bool = False, ops=None, log=print) -> tuple[list[dict], d
             del targs
         for exposure in exposures:
             backend = get_backend(exposure)
-            row = {"suite": "gpu_ops", "op": case.op, "direction": validate.direction(case.op),
+            row = {"suite": "gpu_ops", "op": case.op, "direction": case.card.direction,
                    "shapes": case.label, "shape": case.shape.describe(), "exposure": exposure,
                    "check": check_case(case, backend, cupy)}
             if row["check"] == "ok":
@@ -657,39 +347,6 @@ def run_train(device: str, quick: bool = False, log=print) -> list[dict]:
             rate = "-" if row["images_per_s"] is None else f"{row['images_per_s']:.0f} images/s"
             log(f"train {name} batch {batch} {device} {label:14} {rate} {row.get('note', '')}")
     return rows
-
-
-# --------------------------------------------------------------------------------------
-# Results files.
-
-
-def results_markdown(env: dict, sections: list[tuple[str, str, list[str]]]) -> str:
-    lines = [f"# Benchmark results {env['date']} on {env.get('gpu') or env['cpu']}", "",
-             f"Command: `{env['command']}`", "", "| what | version |", "| --- | --- |"]
-    for key in ("cpu", "cpu_cores", "torch_threads", "gpu", "driver", "cuda_runtime", "cupy", "cudnn",
-                "torch", "numpy", "numba", "python", "load_average_at_start", "load_average_at_end"):
-        if env.get(key) is not None:
-            lines.append(f"| {key} | {env[key]} |")
-    load, cores = env.get("load_average_at_start"), env.get("cpu_cores") or 1
-    if load is not None and load > cores:
-        lines += ["", f"**Caution:** the machine was busy (1-minute load average {load:.1f} on {cores} cores "
-                      "at the start): CPU times include waiting for other processes; rerun on an idle "
-                      "machine before quoting them."]
-    for title, header, body in sections:
-        lines += ["", f"## {title}", "", "```", header] + body + ["```"]
-    return "\n".join(lines) + "\n"
-
-
-def write_results(env: dict, device: str, sections, rows: list[dict], extra: dict | None = None,
-                  directory: Path = RESULTS_DIR) -> tuple[Path, Path]:
-    """benchmarks/results/<date>-<device>.md and .json."""
-    directory.mkdir(parents=True, exist_ok=True)
-    stem = directory / f"{env['date']}-{device}"
-    md, js = stem.with_suffix(".md"), stem.with_suffix(".json")
-    md.write_text(results_markdown(env, sections))
-    clean = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in rows]
-    js.write_text(json.dumps({"environment": env, **(extra or {}), "rows": clean}, indent=1, default=str) + "\n")
-    return md, js
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,6 +39,7 @@ import numbers
 
 import numpy as np
 
+from engine import shapes
 from engine.backend import is_cuda_array
 
 FLOAT_DTYPES = ("float32", "float64")
@@ -112,6 +113,13 @@ def boolean(op: str, name: str, v) -> bool:
     if not isinstance(v, (bool, np.bool_)):
         raise TypeError(f"{op}: {name} must be True or False, got {type(v).__name__} {v!r}")
     return bool(v)
+
+
+def choice(op: str, name: str, v, options) -> str:
+    """One of a few named options (a device, a loss)."""
+    if v not in options:
+        raise ValueError(f"{op}: {name} must be one of {sorted(options)}, got {v!r}")
+    return v
 
 
 def seed(op: str, v) -> int:
@@ -224,6 +232,20 @@ def same_shape(op: str, name: str, shape, other_name: str, other_shape) -> None:
                          f"{tuple(other_shape)}; they must match exactly (no broadcasting)")
 
 
+def exact_shape(op: str, name: str, shape, expected) -> None:
+    """An array whose shape is fixed in advance (a batch for a planned graph)."""
+    if tuple(shape) != tuple(expected):
+        raise ValueError(f"{op}: expected {name} of shape {tuple(expected)}, got {tuple(shape)}")
+
+
+def class_labels(op: str, labels, classes: int) -> None:
+    """Integer class labels in [0, classes), as a host array (read back once from a GPU)."""
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"{op}: cross_entropy labels must be integers, got {labels.dtype}")
+    if labels.size:
+        index_range(op, "label", labels, classes)
+
+
 def index_range(op: str, what: str, a, high: int) -> None:
     """Every value of integer array `a` lies in [0, high); names the first offender."""
     lo, hi = int(a.min()), int(a.max())  # one read-back of two scalars on the GPU
@@ -295,6 +317,31 @@ def linear_output_shape(op: str, x_shape, w_shape) -> tuple:
     return (x_shape[0], w_shape[0])
 
 
+def batch_norm_shape(op: str, x_shape, ndim: int, channels: int) -> tuple:
+    """A batch norm layer's input: rank ndim ((N, C) or (N, C, H, W)) with its C channels."""
+    layout = "(N, C, H, W)" if ndim == 4 else "(N, C)"
+    x_shape = _rank(op, "input", x_shape, ndim, layout)
+    if x_shape[1] != channels:
+        raise ValueError(f"{op}: input has {x_shape[1]} channels but the layer expects {channels}")
+    return x_shape
+
+
+def equal_shapes(op: str, what: str, a_shape, b_shape) -> tuple:
+    """Two operands (what: "operands", "predictions and targets") of exactly one shape."""
+    if tuple(a_shape) != tuple(b_shape):
+        raise ValueError(f"{op}: {what} must have equal shapes (no broadcasting), got {tuple(a_shape)} "
+                         f"and {tuple(b_shape)}")
+    return tuple(a_shape)
+
+
+def logits_and_labels_shape(op: str, logits_shape, labels_shape) -> tuple:
+    """logits (N, classes) and labels (N,)."""
+    logits_shape = _rank(op, "logits", logits_shape, 2, "(N, classes)")
+    if tuple(labels_shape) != (logits_shape[0],):
+        raise ValueError(f"{op}: labels must have shape ({logits_shape[0]},), got {tuple(labels_shape)}")
+    return logits_shape
+
+
 def bias_shape(op: str, b_shape, channels: int, name: str = "bias") -> None:
     """A per-channel vector: shape exactly (channels,)."""
     if tuple(b_shape) != (channels,):
@@ -310,7 +357,7 @@ def _rank(op, name, shape, ndim, layout) -> tuple:
 
 def _window_output(op, hw, kernel, stride, padding) -> tuple[int, int]:
     """Floor-mode output size of a sliding window; ValueError when it is empty."""
-    out = tuple((hw[i] + 2 * padding[i] - kernel[i]) // stride[i] + 1 for i in range(2))
+    out = shapes.window_output_hw(hw[0], hw[1], kernel, stride, padding)
     if out[0] < 1 or out[1] < 1:
         raise ValueError(f"{op}: kernel {kernel[0]}x{kernel[1]} with stride "
                          f"{_fmt_pair(stride)} and padding {_fmt_pair(padding)} on a "

@@ -1,38 +1,48 @@
 """The executor: plans a traced graph's memory once and runs training steps on it.
 
-For each input shape and mode the model is traced (engine.graph) and *planned*:
+For each input shape and mode the model is traced (engine.graph) and *planned*, by passes
+that each do one job and run in this order (Plan.__init__ reads as their list):
 
-* every activation and gradient gets a place in one arena, allocated once and reused
-  every step; buffers whose lifetimes do not overlap share memory (a greedy first-fit
-  over a timeline in which node i runs forward at time i and backward at 2n-1-i);
-* all parameters live in one flat array, their gradients in another, and the optimizer's
-  state in flat arrays of the same layout, so one optimizer launch updates everything;
-* backward runs in reverse topological order, iteratively; a value used by several nodes
-  gets every contribution: the first writes the gradient, the others write a scratch
-  buffer that is then added (+=).
+1. trace_step: the model, and its loss unless predicting, traced for (batch, mode);
+2. fuse_relu: ReLUs fold into the conv/linear/batch-norm node before them;
+3. values_needing_grad: what backward must differentiate;
+4. lifetimes: every buffer the step uses (activations, gradients, the scratch that layers
+   declare with saved() and scratch(), gradient accumulators) with the interval it lives on a
+   timeline in which node i runs forward at time i and backward at 2n-1-i;
+5. place: one byte arena, allocated once and reused every step; buffers whose lifetimes do
+   not overlap share memory (greedy first-fit, largest first);
+6. bind: each node's arrays (a Bound, engine.graph) as views into the arena, and where each
+   gradient goes: backward runs in reverse topological order, iteratively, and a value used
+   by several nodes gets every contribution: the first writes the gradient, the others write
+   a scratch buffer that is then added (+=).
 
+Only the graph inputs (fed by the caller) and the executor's flat arrays live outside the
+arena: all parameters in one flat array, their gradients in another, and the optimizer's
+state in flat arrays of the same layout, so one optimizer launch updates everything.
 Nothing is allocated inside a step, and on the GPU nothing leaves the device except the
 loss, when the caller reads it.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from engine.backend import get_backend, CPU_BACKEND
-from engine.graph import Graph, trace
-from engine import nn
+from engine.graph import Bound, Graph, trace  # Bound lived here once: engine.executor.Bound still works
+from engine import checks as C, nn
 
-ALIGN = 64  # elements: 256-byte aligned views, so kernels may use 16-byte vector loads
+ALIGN = 256  # bytes: every view starts 256-byte aligned, so kernels may use 16-byte vector loads
+FLOAT32 = 4  # bytes; arena sizes are reported in float32 elements
 
 
-def _align(n: int) -> int:
-    return -(-n // ALIGN) * ALIGN
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // ALIGN) * ALIGN
 
 
 def resolve_device(device: str) -> str:
     """'auto' -> 'cuda' when a GPU and CuPy work, else 'cpu'."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"Executor: device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    C.choice("Executor", "device", device, ("auto", "cpu", "cuda"))
     if device == "cpu":
         return "cpu"
     from engine import cuda
@@ -42,6 +52,58 @@ def resolve_device(device: str) -> str:
         raise RuntimeError("Executor: device 'cuda' asked for, but no usable GPU was found "
                            "(CuPy must be installed, e.g. pip install -e '.[cuda12]', and see a device)")
     return "cpu"
+
+
+class Buffer(NamedTuple):
+    """One array of a plan: alive from time start to time stop, both included."""
+    start: int
+    stop: int
+    shape: tuple
+    dtype: np.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
+
+
+class Plan:
+    """One traced graph with every buffer in place, for one input shape and mode: `bound`
+    (a Bound per node, in forward order), `inputs` (the arrays the caller's batch is copied
+    into), `logits` and `loss` (views the caller reads), `arena` (every other buffer), and
+    its size next to the size without sharing, in float32 elements (`arena_elements`,
+    `naive_elements`)."""
+
+    def __init__(self, ex: "Executor", batch: int, mode: str):
+        self.mode = mode                      # "train", "eval" (forward + loss) or "predict"
+        training = mode == "train"
+        self.graph = g = trace_step(ex, batch, mode)
+        fused = fuse_relu(g) if ex.fuse else set()
+        needs_grad = values_needing_grad(g, backward=training)
+        buffers = lifetimes(g, fused, needs_grad)
+        self.arena, views = place(buffers, ex.xp, share=ex.share_memory)
+        self.arena_elements = self.arena.nbytes // FLOAT32
+        self.naive_elements = sum(_aligned(b.nbytes) for b in buffers.values()) // FLOAT32
+        self.inputs = [ex.xp.zeros(v.shape, v.dtype) for v in g.inputs]
+        arrays = {("act", v.index): a for v, a in zip(g.inputs, self.inputs)} | views
+        self.bound = bind(ex, g, arrays, fused, needs_grad, training)
+        self.logits = arrays[("act", g.outputs[0].index)]
+        self.loss = arrays[("act", g.outputs[1].index)] if len(g.outputs) > 1 else None
+
+
+def trace_step(ex: "Executor", batch: int, mode: str) -> Graph:
+    """The graph of one step: the model on a (batch, *input_shape) input; its loss on the
+    logits and a target input too, unless mode is "predict"."""
+    g = Graph()
+    logits = ex.model(g.input((batch, *ex.input_shape)))
+    g.output(logits)
+    if mode != "predict":
+        target = g.input((batch, *ex.target_shape(logits.shape)), ex.loss_layer.target_dtype)
+        g.output(ex.loss_layer(logits, target))
+    for layer in g.layers():
+        if layer.params and id(layer) not in ex.layer_index:
+            raise ValueError(f"{layer.name}: a layer with parameters must be created once (in the "
+                             f"model's __init__), not inside forward()")
+    return g
 
 
 def fuse_relu(g: Graph) -> set:
@@ -66,146 +128,132 @@ def fuse_relu(g: Graph) -> set:
     return fused
 
 
-class Bound:
-    """A node bound to real arrays (what a layer's forward/backward reads and writes)."""
-
-    def __init__(self, node, training: bool):
-        self.node, self.layer, self.training = node, node.layer, training
-        self.x, self.dx, self.y, self.dy = [], [], None, None
-        self.p, self.g, self.s, self.state = {}, {}, {}, {}
-        self.seed = 0
-        self.relu = False  # a following ReLU was fused into this node (fuse_relu)
-        self.accumulate: list[tuple] = []  # (gradient, scratch) pairs to add after backward
-        self.needs_backward = False
-
-
-class Plan:
-    """One traced graph with every buffer in place, for one input shape and mode."""
-
-    def __init__(self, ex: "Executor", batch: int, mode: str):
-        self.mode = mode                      # "train", "eval" (forward + loss) or "predict"
-        training = mode == "train"
-        g = Graph()
-        x = g.input((batch, *ex.input_shape))
-        logits = ex.model(x)
-        g.output(logits)
-        if mode != "predict":
-            target = g.input((batch, *ex.target_shape(logits.shape)), ex.loss_layer.target_dtype)
-            g.output(ex.loss_layer(logits, target))
-        fused = fuse_relu(g) if ex.fuse else set()
-        self.graph = g
-        for layer in g.layers():
-            if layer.params and id(layer) not in ex.layer_index:
-                raise ValueError(f"{layer.name}: a layer with parameters must be created once (in the "
-                                 f"model's __init__), not inside forward()")
-        xp, n = ex.xp, len(g.nodes)
-        backward = training
-
-        # which values need a gradient: outputs of nodes with parameters, and downstream
-        needs_grad = {}
-        for v in g.inputs:
-            needs_grad[v.index] = False
+def values_needing_grad(g: Graph, backward: bool) -> set:
+    """The values whose gradient backward computes: outputs of nodes with parameters, and
+    everything downstream of them. Empty without a backward pass. A node runs backward when
+    its output is one of them."""
+    needs_grad = set()
+    if backward:
         for node in g.nodes:
-            needs_grad[node.output.index] = backward and (
-                bool(node.layer.params) or any(needs_grad[v.index] for v in node.inputs))
-
-        # lifetimes on the timeline: forward of node i at i, backward at 2n-1-i
-        end = 2 * n
-        intervals = {}  # key -> (start, stop, shape)
-
-        def bwd(i):
-            return 2 * n - 1 - i
-
-        for v in g.values:
-            if v.producer is None:
-                continue
-            p = v.producer.index
-            stop = bwd(p) if backward else max([c.index for c in v.consumers], default=end)
-            if v in g.outputs:
-                stop = end  # the caller reads outputs after the step
-            intervals[("act", v.index)] = (p, stop, v.shape)
-            if needs_grad[v.index] and v.consumers:
-                # a loss writes d(loss)/d(logits) in its forward pass, the others in backward
-                start = min(c.index if c.layer.grad_in_forward else bwd(c.index) for c in v.consumers)
-                intervals[("grad", v.index)] = (start, bwd(p), v.shape)
-                if sum(1 for c in v.consumers for u in c.inputs if u is v) > 1:
-                    intervals[("acc", v.index)] = (start, bwd(p), v.shape)
-        views = _arena(intervals, xp, share=ex.share_memory)
-        self.arena_elements = views.pop("__size__")
-        self.naive_elements = sum(_align(int(np.prod(s))) for _, _, s in intervals.values())
-
-        inputs = {v.index: xp.zeros(v.shape, v.dtype) for v in g.inputs}
-        self.inputs = [inputs[v.index] for v in g.inputs]
-        act = lambda v: inputs[v.index] if v.index in inputs else views[("act", v.index)]  # noqa: E731
-
-        self.bound: list[Bound] = []
-        contributed: set = set()  # (kind, key) already written once in backward order
-        for node in g.nodes:
-            b = Bound(node, training)
-            b.x = [act(v) for v in node.inputs]
-            b.y = act(node.output)
-            b.dy = views.get(("grad", node.output.index))
-            b.needs_backward = backward and needs_grad[node.output.index]
-            shapes = [v.shape for v in node.inputs]
-            b.s = {k: xp.zeros(shape, dtype) for k, (shape, dtype) in node.layer.saved(*shapes).items()}
-            b.relu = node in fused
-            if b.relu and node.layer.relu_fusion == "bias" and b.needs_backward:
-                b.s["pre_relu_grad"] = xp.zeros(node.output.shape, np.float32)
-            if node.layer.params:
-                for name in node.layer.params:
-                    b.p[name] = ex.param(node.layer, name)
-                b.state = ex.buffers_of(node.layer)
-            self.bound.append(b)
-        # gradient destinations, assigned in backward order: first writer direct, others accumulate
-        for b in reversed(self.bound):
-            node = b.node
-            for v in node.inputs:
-                if not (b.needs_backward and needs_grad[v.index]):
-                    b.dx.append(None)
-                elif ("grad", v.index) not in contributed:
-                    contributed.add(("grad", v.index))
-                    b.dx.append(views[("grad", v.index)])
-                else:
-                    b.dx.append(views[("acc", v.index)])
-                    b.accumulate.append((views[("grad", v.index)], views[("acc", v.index)]))
-            if b.needs_backward and getattr(node.layer, "input_grads_required", False):
-                b.dx = [d if d is not None else xp.zeros(v.shape, np.float32) for d, v in zip(b.dx, node.inputs)]
-            if b.needs_backward:
-                for name in node.layer.params:
-                    key = ("param", id(node.layer), name)
-                    if key not in contributed:
-                        contributed.add(key)
-                        b.g[name] = ex.grad(node.layer, name)
-                    else:
-                        scratch = xp.zeros(node.layer.params[name].shape, np.float32)
-                        b.g[name] = scratch
-                        b.accumulate.append((ex.grad(node.layer, name), scratch))
-        self.logits = act(g.outputs[0])
-        self.loss = act(g.outputs[1]) if len(g.outputs) > 1 else None
+            if node.layer.params or any(v in needs_grad for v in node.inputs):
+                needs_grad.add(node.output)
+    return needs_grad
 
 
-def _arena(intervals: dict, xp, share: bool = True) -> dict:
-    """Place every buffer at an offset of one flat float32 arena so that buffers alive at
-    the same time never overlap: greedy, largest first, lowest free offset. share=False
-    gives every buffer its own place (to test that sharing changes nothing)."""
-    placed = []  # (offset, size, start, stop)
-    offsets = {}
-    for key, (start, stop, shape) in sorted(intervals.items(), key=lambda kv: -int(np.prod(kv[1][2]))):
-        size = _align(int(np.prod(shape)))
-        clashes = sorted((o, s) for o, s, a, z in placed if not share or (a <= stop and start <= z))
+def lifetimes(g: Graph, fused: set, needs_grad: set) -> dict:
+    """Every buffer of the arena, key -> Buffer: per value its activation ("act"), gradient
+    ("grad") and, for a value read twice by one node or by several, the accumulator ("acc");
+    then each node's own buffers (node_lifetimes)."""
+    last, buffers = 2 * len(g.nodes) - 1, {}  # node i runs backward at time last - i
+    for v in g.values:
+        if v.producer is None:
+            continue  # a graph input: the caller's array
+        p = v.producer.index
+        # with a backward pass, the producer's backward is the last to read an activation
+        stop = last - p if needs_grad else max([c.index for c in v.consumers], default=last + 1)
+        if v in g.outputs:
+            stop = last + 1  # the caller reads outputs after the step
+        buffers[("act", v.index)] = Buffer(p, stop, v.shape, v.dtype)
+        if v in needs_grad and v.consumers:
+            # a loss writes d(loss)/d(logits) in its forward pass, the others in backward
+            start = min(c.index if c.layer.grad_in_forward else last - c.index for c in v.consumers)
+            buffers[("grad", v.index)] = Buffer(start, last - p, v.shape, np.float32)
+            if sum(1 for c in v.consumers for u in c.inputs if u is v) > 1:
+                buffers[("acc", v.index)] = Buffer(start, last - p, v.shape, np.float32)
+    for node in g.nodes:
+        buffers.update(node_lifetimes(g, node, node in fused, needs_grad))
+    return buffers
+
+
+def node_lifetimes(g: Graph, node, fused_relu: bool, needs_grad: set) -> dict:
+    """One node's own buffers: what forward saves for backward ("s", from its forward to its
+    backward, or forward alone when it runs none); and, when it runs backward, that pass's
+    scratch ("s"), a dx for an unread input the layer must still write ("dx"), and a
+    parameter gradient to add to one written by a later use of the layer ("param_acc")."""
+    i, layer, runs_backward = node.index, node.layer, node.output in needs_grad
+    back = 2 * len(g.nodes) - 1 - i
+    saved = layer.saved(*[v.shape for v in node.inputs])
+    buffers = {("s", i, name): Buffer(i, back if runs_backward else i, shape, dtype)
+               for name, (shape, dtype) in saved.items()}
+    if not runs_backward:
+        return buffers
+    for name, (shape, dtype) in layer.scratch(node.output.shape, fused_relu).items():
+        buffers[("s", i, name)] = Buffer(back, back, shape, dtype)
+    for k, v in enumerate(node.inputs):
+        if layer.input_grads_required and v not in needs_grad:
+            buffers[("dx", i, k)] = Buffer(back, back, v.shape, np.float32)
+    if any(later.layer is layer for later in g.nodes[i + 1:]):  # whose backward runs first
+        for name, value in layer.params.items():
+            buffers[("param_acc", i, name)] = Buffer(back, back, value.shape, np.float32)
+    return buffers
+
+
+def place(buffers: dict, xp, share: bool = True) -> tuple:
+    """Place every buffer at an offset of one byte arena so that buffers alive at the same
+    time never overlap: greedy, largest first, lowest free offset. share=False gives every
+    buffer its own place (to test that sharing changes nothing). Returns the arena and a
+    view of it per buffer, of the buffer's shape and dtype."""
+    placed, offsets = [], {}  # placed: (offset, size, start, stop)
+    for key, buf in sorted(buffers.items(), key=lambda kv: -kv[1].nbytes):
+        size = _aligned(buf.nbytes)
+        clashes = sorted((o, s) for o, s, a, z in placed if not share or (a <= buf.stop and buf.start <= z))
         offset = 0
         for o, s in clashes:
             if offset + size <= o:
                 break
             offset = max(offset, o + s)
-        placed.append((offset, size, start, stop))
+        placed.append((offset, size, buf.start, buf.stop))
         offsets[key] = offset
-    total = max([o + s for o, s, _, _ in placed], default=0)
-    arena = xp.zeros(max(total, 1), np.float32)
-    views = {key: arena[o:o + int(np.prod(intervals[key][2]))].reshape(intervals[key][2])
-             for key, o in offsets.items()}
-    views["__size__"] = total
-    return views
+    arena = xp.zeros(max([o + s for o, s, _, _ in placed], default=0), np.uint8)
+    views = {key: arena[offsets[key]:offsets[key] + buf.nbytes].view(buf.dtype).reshape(buf.shape)
+             for key, buf in buffers.items()}
+    return arena, views
+
+
+def bind(ex: "Executor", g: Graph, arrays: dict, fused: set, needs_grad: set, training: bool) -> list:
+    """Each node bound to its arrays (arrays: key -> array, the arena's views and the graph
+    inputs): inputs, output, its gradient, saved and scratch buffers, parameters, state;
+    then where its backward writes (bind_gradients)."""
+    bound = []
+    for node in g.nodes:
+        b = Bound(node, training)
+        b.x = [arrays[("act", v.index)] for v in node.inputs]
+        b.y = arrays[("act", node.output.index)]
+        b.dy = arrays.get(("grad", node.output.index))
+        b.needs_backward = node.output in needs_grad
+        b.s = {key[2]: a for key, a in arrays.items() if key[:2] == ("s", node.index)}
+        b.relu = node in fused
+        if node.layer.params:
+            b.p = {name: ex.param(node.layer, name) for name in node.layer.params}
+            b.state = ex.buffers_of(node.layer)
+        bound.append(b)
+    bind_gradients(ex, bound, arrays, needs_grad)
+    return bound
+
+
+def bind_gradients(ex: "Executor", bound: list, arrays: dict, needs_grad: set) -> None:
+    """Where each backward writes, assigned in backward order: the first writer of a gradient
+    writes it in place, later ones write their accumulator, added after their backward."""
+    written = set()  # values whose gradient backward has already met a writer of
+    for b in reversed(bound):
+        i = b.node.index
+        for k, v in enumerate(b.node.inputs):
+            if not (b.needs_backward and v in needs_grad):
+                b.dx.append(arrays.get(("dx", i, k)))  # None, or a buffer nobody reads
+            elif v not in written:
+                written.add(v)
+                b.dx.append(arrays[("grad", v.index)])
+            else:
+                b.dx.append(arrays[("acc", v.index)])
+                b.accumulate.append((arrays[("grad", v.index)], arrays[("acc", v.index)]))
+        if not b.needs_backward:
+            continue
+        for name in b.layer.params:
+            if ("param_acc", i, name) in arrays:
+                b.g[name] = arrays[("param_acc", i, name)]
+                b.accumulate.append((ex.grad(b.layer, name), b.g[name]))
+            else:
+                b.g[name] = ex.grad(b.layer, name)
 
 
 class Executor:
@@ -218,8 +266,7 @@ class Executor:
 
     def __init__(self, model, input_shape, loss="cross_entropy", optimizer=None, device="cpu",
                  backend=None, seed: int = 0, share_memory: bool = True, fuse: bool = True):
-        if loss not in nn.LOSSES:
-            raise ValueError(f"Executor: loss must be one of {sorted(nn.LOSSES)}, got {loss!r}")
+        C.choice("Executor", "loss", loss, nn.LOSSES)
         self.model, self.input_shape = model, tuple(int(d) for d in input_shape)
         self.device = resolve_device(device)
         if backend is None or isinstance(backend, str):
@@ -247,7 +294,7 @@ class Executor:
         for layer in self.layers:
             for name, value in layer.params.items():
                 offsets[(id(layer), name)] = (total, value.shape)
-                total += _align(value.size)
+                total += _aligned(value.size * FLOAT32) // FLOAT32
         xp = self.xp
         self.params_flat = xp.zeros(max(total, 1), np.float32)
         self.grads_flat = xp.zeros(max(total, 1), np.float32)
@@ -295,22 +342,12 @@ class Executor:
         return self._plans[key]
 
     def _feed(self, plan: Plan, x, y=None):
-        want = (len(plan.inputs[0]), *self.input_shape)
-        if tuple(x.shape) != want:
-            raise ValueError(f"Executor: expected input of shape {want}, got {tuple(x.shape)}")
+        C.exact_shape("Executor", "input", x.shape, plan.inputs[0].shape)
         self._copy_in(plan.inputs[0], x)
         if y is not None:
-            if tuple(y.shape) != tuple(plan.inputs[1].shape):
-                raise ValueError(f"Executor: expected targets of shape {tuple(plan.inputs[1].shape)}, "
-                                 f"got {tuple(y.shape)}")
-            if self.loss_name == "cross_entropy":
-                yh = y.get() if hasattr(y, "get") else np.asarray(y)
-                if yh.dtype.kind not in "iu":
-                    raise TypeError(f"Executor: cross_entropy labels must be integers, got {yh.dtype}")
-                k = self.output_shape[0]
-                if yh.size and (yh.min() < 0 or yh.max() >= k):
-                    bad = yh[(yh < 0) | (yh >= k)][0]
-                    raise ValueError(f"Executor: label {bad} out of range [0, {k})")
+            C.exact_shape("Executor", "targets", y.shape, plan.inputs[1].shape)
+            if self.loss_name == "cross_entropy":  # a bad label would read out of bounds
+                C.class_labels("Executor", y.get() if hasattr(y, "get") else np.asarray(y), self.output_shape[0])
             self._copy_in(plan.inputs[1], y)
 
     def _forward(self, plan: Plan):

@@ -48,6 +48,7 @@ import numpy as np
 
 from engine import checks as C
 from engine.backend import array_module, backend_for
+from engine.reference.activation import ROWS
 
 __all__ = [
     "conv2d", "conv2d_backward",
@@ -337,18 +338,29 @@ def _per_channel(op, name, v, channels, default, like):
 # activations
 
 
+def _elementwise(op, row, x, *params):
+    """A row of the elementwise table forward: checked x, then <row>_forward."""
+    x = C.float_array(op, "input", x)
+    return getattr(_backend(op, dict(input=x)), row + "_forward")(x, *params)
+
+
+def _elementwise_backward(op, row, dy, saved, *params):
+    """A row backward: dy and what the row's backward takes (the forward's output y, or its
+    input x), checked, then <row>_backward."""
+    name = "output" if ROWS[row].saves == "y" else "input"
+    saved = C.float_array(op, name, saved)
+    dy = _grad_output(op, dy, saved.shape)
+    return getattr(_backend(op, {"grad_output": dy, name: saved}), row + "_backward")(dy, saved, *params)
+
+
 def relu(x):
     """max(x, 0), element-wise, any shape."""
-    x = C.float_array("relu", "input", x)
-    return _backend("relu", dict(input=x)).relu_forward(x)
+    return _elementwise("relu", "relu", x)
 
 
 def relu_backward(dy, y):
     """dx = dy where the forward output y > 0, else 0."""
-    op = "relu_backward"
-    y = C.float_array(op, "output", y)
-    dy = _grad_output(op, dy, y.shape)
-    return _backend(op, dict(grad_output=dy, output=y)).relu_backward(dy, y)
+    return _elementwise_backward("relu_backward", "relu", dy, y)
 
 
 def bias_relu(x, bias):
@@ -371,48 +383,34 @@ def bias_relu_backward(dy, y):
 
 def leaky_relu(x, negative_slope=0.01):
     """x where x > 0, else negative_slope * x."""
-    op = "leaky_relu"
-    x = C.float_array(op, "input", x)
-    negative_slope = C.real(op, "negative_slope", negative_slope)
-    return _backend(op, dict(input=x)).leaky_relu_forward(x, negative_slope)
+    negative_slope = C.real("leaky_relu", "negative_slope", negative_slope)
+    return _elementwise("leaky_relu", "leaky_relu", x, negative_slope)
 
 
 def leaky_relu_backward(dy, x, negative_slope=0.01):
     """dx = dy where x > 0, else negative_slope * dy (takes the forward INPUT x)."""
-    op = "leaky_relu_backward"
-    x = C.float_array(op, "input", x)
-    dy = _grad_output(op, dy, x.shape)
-    negative_slope = C.real(op, "negative_slope", negative_slope)
-    be = _backend(op, dict(grad_output=dy, input=x))
-    return be.leaky_relu_backward(dy, x, negative_slope)
+    negative_slope = C.real("leaky_relu_backward", "negative_slope", negative_slope)
+    return _elementwise_backward("leaky_relu_backward", "leaky_relu", dy, x, negative_slope)
 
 
 def sigmoid(x):
     """1 / (1 + exp(-x)), element-wise."""
-    x = C.float_array("sigmoid", "input", x)
-    return _backend("sigmoid", dict(input=x)).sigmoid_forward(x)
+    return _elementwise("sigmoid", "sigmoid", x)
 
 
 def sigmoid_backward(dy, y):
     """dx = dy * y * (1 - y), from the forward output y."""
-    op = "sigmoid_backward"
-    y = C.float_array(op, "output", y)
-    dy = _grad_output(op, dy, y.shape)
-    return _backend(op, dict(grad_output=dy, output=y)).sigmoid_backward(dy, y)
+    return _elementwise_backward("sigmoid_backward", "sigmoid", dy, y)
 
 
 def tanh(x):
     """tanh(x), element-wise."""
-    x = C.float_array("tanh", "input", x)
-    return _backend("tanh", dict(input=x)).tanh_forward(x)
+    return _elementwise("tanh", "tanh", x)
 
 
 def tanh_backward(dy, y):
     """dx = dy * (1 - y**2), from the forward output y."""
-    op = "tanh_backward"
-    y = C.float_array(op, "output", y)
-    dy = _grad_output(op, dy, y.shape)
-    return _backend(op, dict(grad_output=dy, output=y)).tanh_backward(dy, y)
+    return _elementwise_backward("tanh_backward", "tanh", dy, y)
 
 
 # ---------------------------------------------------------------------------------------

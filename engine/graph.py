@@ -10,7 +10,7 @@ a shape mismatch is reported at trace time, naming the layer and both shapes.
 
 Nodes are recorded in call order, which is a topological order: a value exists before
 any node can take it as an input. The executor (engine.executor) plans memory for the
-graph and runs it.
+graph and runs it, handing each layer a ``Bound`` node: the node with its real arrays.
 """
 from __future__ import annotations
 
@@ -82,7 +82,8 @@ def trace(model, input_shape: tuple) -> Graph:
 class Layer:
     """Base of every layer. Subclasses set ``params`` (name -> initial float32 array) and
     ``buffers`` (non-trainable state) in __init__, and define infer / forward / backward
-    (see engine.nn for the bound node they receive) and optionally saved()."""
+    (which receive a Bound node) and optionally saved() and scratch(), the buffers the
+    executor's memory plan places for them."""
 
     _count: dict[str, int] = {}
     grad_in_forward = False       # True: forward also writes d(loss)/d(inputs) (fused losses)
@@ -109,7 +110,14 @@ class Layer:
         raise NotImplementedError
 
     def saved(self, *shapes) -> dict:
-        """Scratch arrays forward keeps for backward: name -> (shape, dtype)."""
+        """Arrays forward writes for backward to read (argmax, masks, statistics): name ->
+        (shape, dtype), asked with the input shapes and bound to ``n.s[name]``."""
+        return {}
+
+    def scratch(self, out_shape, fused_relu: bool) -> dict:
+        """Work arrays backward alone uses: name -> (shape, dtype), bound to ``n.s[name]``.
+        Asked only of nodes that run backward; fused_relu: a following ReLU runs inside this
+        node (engine.executor.fuse_relu)."""
         return {}
 
     def num_params(self) -> int:
@@ -117,6 +125,21 @@ class Layer:
 
     def __repr__(self):
         return self.name
+
+
+class Bound:
+    """A node bound to real arrays: what the executor passes to a layer's forward and
+    backward (engine.nn lists how layers read it). Every array is the executor's: a
+    layer writes into these and allocates nothing."""
+
+    def __init__(self, node: Node, training: bool):
+        self.node, self.layer, self.training = node, node.layer, training
+        self.x, self.dx, self.y, self.dy = [], [], None, None  # dx[i] None: nobody reads it
+        self.p, self.g, self.s, self.state = {}, {}, {}, {}   # s: saved() and scratch() arrays
+        self.seed = 0  # set before every forward: dropout masks differ by step and node
+        self.relu = False  # a following ReLU was fused into this node (engine.executor.fuse_relu)
+        self.accumulate: list[tuple] = []  # (gradient, scratch) pairs to add after backward
+        self.needs_backward = False
 
 
 class Model:

@@ -2,7 +2,7 @@
 
 A layer is called on symbolic values (engine.graph.Value) to build a graph; it never
 touches data then. The executor later calls ``forward(bk, n)`` and ``backward(bk, n)``
-with ``n`` a bound node (engine.executor.Bound) holding the real arrays:
+with ``n`` a bound node (engine.graph.Bound) holding the real arrays:
 
     n.x[i]   inputs                      n.y    output
     n.dx[i]  where to write d(loss)/d(x[i]) (None when nobody needs it)
@@ -23,6 +23,7 @@ import numpy as np
 
 from engine import checks as C
 from engine.graph import Layer, Value, Model, Sequential  # noqa: F401  (re-exported)
+from engine.reference.activation import ROWS
 
 _init_rng = np.random.default_rng(0)
 
@@ -51,6 +52,10 @@ class _Weighted(Layer):
     follows (n.relu), bias and ReLU become one pass: relu(y + b) forward, and
     (dy * (y > 0), its bias sums) backward, instead of two passes each."""
     relu_fusion = "bias"
+
+    def scratch(self, out_shape, fused_relu):
+        # the fused backward writes dy * (y > 0) first: the product's gradients read it, not dy
+        return {"pre_relu_grad": (tuple(out_shape), np.float32)} if fused_relu else {}
 
     def forward(self, bk, n):
         if n.relu:
@@ -139,13 +144,7 @@ class _BatchNorm(Layer):
         self.buffers["running_var"] = np.ones(self.num_features, np.float32)
 
     def infer(self, x_shape):
-        layout = "(N, C, H, W)" if self.ndim == 4 else "(N, C)"
-        if len(x_shape) != self.ndim:
-            raise ValueError(f"{self.name}: expected a {self.ndim}-D input {layout}, got shape {tuple(x_shape)}")
-        if x_shape[1] != self.num_features:
-            raise ValueError(f"{self.name}: input has {x_shape[1]} channels but the layer "
-                             f"expects {self.num_features}")
-        return tuple(x_shape)
+        return C.batch_norm_shape(self.name, x_shape, self.ndim, self.num_features)
 
     def saved(self, x_shape):
         c = (self.num_features,)
@@ -222,48 +221,51 @@ class AvgPool2d(_Pool2d):
 # --------------------------------------------------------------------------- elementwise
 
 
-class _Elementwise(Layer):
+class _SameShape(Layer):
     def infer(self, x_shape):
         return tuple(x_shape)
 
 
-class ReLU(_Elementwise):
-    def forward(self, bk, n):
-        bk.relu_forward(n.x[0], out=n.y)
+class Elementwise(_SameShape):
+    """An activation of the elementwise table (engine/reference/activation.py, ELEMENTWISE):
+    runs <op>_forward(x, *args) and <op>_backward(dy, y or x, *args), whichever the row's
+    backward takes. A subclass names its row in `op` and passes the row's parameters."""
+    op = ""
 
-    def backward(self, bk, n):
-        bk.relu_backward(n.dy, n.y, out=n.dx[0])
-
-
-class LeakyReLU(_Elementwise):
-    def __init__(self, negative_slope=0.01):
+    def __init__(self, *args):
         super().__init__()
+        self.args = args
+        self.saves = ROWS[self.op].saves
+
+    def forward(self, bk, n):
+        getattr(bk, self.op + "_forward")(n.x[0], *self.args, out=n.y)
+
+    def backward(self, bk, n):
+        saved = n.x[0] if self.saves == "x" else n.y
+        getattr(bk, self.op + "_backward")(n.dy, saved, *self.args, out=n.dx[0])
+
+
+class ReLU(Elementwise):
+    op = "relu"
+
+
+class LeakyReLU(Elementwise):
+    op = "leaky_relu"
+
+    def __init__(self, negative_slope=0.01):
         self.negative_slope = C.real("LeakyReLU", "negative_slope", negative_slope)
-
-    def forward(self, bk, n):
-        bk.leaky_relu_forward(n.x[0], self.negative_slope, out=n.y)
-
-    def backward(self, bk, n):
-        bk.leaky_relu_backward(n.dy, n.x[0], self.negative_slope, out=n.dx[0])
+        super().__init__(self.negative_slope)
 
 
-class Sigmoid(_Elementwise):
-    def forward(self, bk, n):
-        bk.sigmoid_forward(n.x[0], out=n.y)
-
-    def backward(self, bk, n):
-        bk.sigmoid_backward(n.dy, n.y, out=n.dx[0])
+class Sigmoid(Elementwise):
+    op = "sigmoid"
 
 
-class Tanh(_Elementwise):
-    def forward(self, bk, n):
-        bk.tanh_forward(n.x[0], out=n.y)
-
-    def backward(self, bk, n):
-        bk.tanh_backward(n.dy, n.y, out=n.dx[0])
+class Tanh(Elementwise):
+    op = "tanh"
 
 
-class Dropout(_Elementwise):
+class Dropout(_SameShape):
     """Inverted dropout: a mask from the counter-based generator keyed by the executor's
     per-step, per-node seed; identity in eval mode."""
 
@@ -305,10 +307,7 @@ class Add(Layer):
     """a + b of equal shapes: the join of a residual (skip) connection."""
 
     def infer(self, a_shape, b_shape):
-        if tuple(a_shape) != tuple(b_shape):
-            raise ValueError(f"{self.name}: operands must have equal shapes (no broadcasting), "
-                             f"got {tuple(a_shape)} and {tuple(b_shape)}")
-        return tuple(a_shape)
+        return C.equal_shapes(self.name, "operands", a_shape, b_shape)
 
     def forward(self, bk, n):
         bk.add(n.x[0], n.x[1], out=n.y)
@@ -329,10 +328,7 @@ class SoftmaxCrossEntropy(Layer):
     grad_in_forward = True
 
     def infer(self, logits_shape, labels_shape):
-        if len(logits_shape) != 2:
-            raise ValueError(f"{self.name}: expected 2-D logits (N, classes), got shape {tuple(logits_shape)}")
-        if tuple(labels_shape) != (logits_shape[0],):
-            raise ValueError(f"{self.name}: labels must have shape ({logits_shape[0]},), got {tuple(labels_shape)}")
+        C.logits_and_labels_shape(self.name, logits_shape, labels_shape)
         return ()
 
     def saved(self, logits_shape, labels_shape):
@@ -351,9 +347,7 @@ class MSELoss(Layer):
     target_dtype = np.float32
 
     def infer(self, pred_shape, target_shape):
-        if tuple(pred_shape) != tuple(target_shape):
-            raise ValueError(f"{self.name}: predictions {tuple(pred_shape)} and targets "
-                             f"{tuple(target_shape)} must have equal shapes (no broadcasting)")
+        C.equal_shapes(self.name, "predictions and targets", pred_shape, target_shape)
         return ()
 
     def forward(self, bk, n):

@@ -1,5 +1,5 @@
 """Optimizers: hyperparameters and state layout; the update itself is an op of the backend
-(engine.backend OPS: sgd_update, adam_update, ...), one launch over the executor's flat
+(ops sgd_update, adam_update, ... of engine.ops), one launch over the executor's flat
 parameter array. Semantics follow torch.optim (see engine/reference/optim.py, the spec)."""
 from __future__ import annotations
 

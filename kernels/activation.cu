@@ -1,4 +1,4 @@
-// activation.cu -- elementwise activations, their gradients, bias gradient, add.
+// activation.cu -- elementwise activations and their gradients, bias + ReLU, bias gradient, add.
 //
 // Layout: every tensor is C-contiguous float32. "Channel" tensors are (N, C, ...) with
 // HW = product of the trailing dims (1 for (N, C)); element i belongs to channel
@@ -8,28 +8,63 @@
 // Bias gradient: one block of ENGINE_REDUCE_THREADS per channel, summing its N*HW
 // elements in a fixed order (deterministic, no atomics).
 //
-//   relu_forward_kernel          y = max(x, 0)
-//   relu_backward_kernel         dx = dy * (y > 0)
+// The elementwise activations are one table (engine/reference/activation.py, ELEMENTWISE):
+// for a row <name> this file holds the pair of __device__ functions
+//     float <name>_forward(float x, float a, float b)               y  = f(x)
+//     float <name>_backward(float dy, float saved, float a, float b) dx = dy * f'(x)
+// (saved is the forward's output y or its input x, as the row says; a, b are the row's
+// scalar parameters, 0 when it has fewer) and one line ELEMENTWISE_KERNELS(<name>), which
+// makes the two kernels <name>_forward_kernel and <name>_backward_kernel. One launch
+// description serves them all (engine/cuda/activation.py).
+//
+//   <name>_forward_kernel        y = f(x)                     (x, y, a, b, n)
+//   <name>_backward_kernel       dx = dy * f'(x)              (dy, saved, dx, a, b, n)
 //   bias_relu_forward_kernel     y = max(x + b[c], 0)
 //   bias_relu_backward_kernel    dx = dy * (y > 0), db[c] = sum of dx over channel c
 //   bias_backward_kernel         db[c] = sum of dy over channel c
-//   leaky_relu_forward_kernel    y = x > 0 ? x : slope * x
-//   leaky_relu_backward_kernel   dx = x > 0 ? dy : slope * dy
-//   sigmoid_forward_kernel       y = 1 / (1 + exp(-x)), stable for large |x|
-//   sigmoid_backward_kernel      dx = dy * y * (1 - y)
-//   tanh_forward_kernel          y = tanh(x)
-//   tanh_backward_kernel         dx = dy * (1 - y^2)
 //   add_forward_kernel           c = a + b
 #include "common.cuh"
 
-extern "C" __global__ void relu_forward_kernel(const float* x, float* y, i64 n) {
-    GRID_STRIDE_LOOP(i, n) y[i] = relu_value(x[i]);
-}
+#define ELEMENTWISE_KERNELS(name)                                                                  \
+    extern "C" __global__ void name##_forward_kernel(const float* x, float* y, float a, float b,   \
+                                                     i64 n) {                                      \
+        GRID_STRIDE_LOOP(i, n) y[i] = name##_forward(x[i], a, b);                                  \
+    }                                                                                              \
+    ENGINE_EXPORT_KERNEL(name##_forward_kernel)                                                    \
+    extern "C" __global__ void name##_backward_kernel(const float* dy, const float* saved, float* dx, \
+                                                      float a, float b, i64 n) {                   \
+        GRID_STRIDE_LOOP(i, n) dx[i] = name##_backward(dy[i], saved[i], a, b);                     \
+    }                                                                                              \
+    ENGINE_EXPORT_KERNEL(name##_backward_kernel)
 
-extern "C" __global__ void relu_backward_kernel(const float* dy, const float* y,
-                                                float* dx, i64 n) {
-    GRID_STRIDE_LOOP(i, n) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+// ---- the elementwise table: one pair per row -----------------------------------------
+
+// relu: saves y; y > 0 exactly where x > 0, and the subgradient at 0 is 0 (as PyTorch)
+__device__ __forceinline__ float relu_forward(float x, float, float) { return relu_value(x); }
+__device__ __forceinline__ float relu_backward(float dy, float y, float, float) { return y > 0.0f ? dy : 0.0f; }
+ELEMENTWISE_KERNELS(relu)
+
+// leaky_relu: saves x; a = negative_slope
+__device__ __forceinline__ float leaky_relu_forward(float x, float a, float) { return x > 0.0f ? x : a * x; }
+__device__ __forceinline__ float leaky_relu_backward(float dy, float x, float a, float) {
+    return x > 0.0f ? dy : a * dy;
 }
+ELEMENTWISE_KERNELS(leaky_relu)
+
+// sigmoid: saves y. exp of a non-positive number only: never overflows, so large |x| gives 0 or 1
+__device__ __forceinline__ float sigmoid_forward(float x, float, float) {
+    const float e = expf(-fabsf(x));
+    return x >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
+}
+__device__ __forceinline__ float sigmoid_backward(float dy, float y, float, float) { return dy * y * (1.0f - y); }
+ELEMENTWISE_KERNELS(sigmoid)
+
+// tanh: saves y
+__device__ __forceinline__ float tanh_forward(float x, float, float) { return tanhf(x); }
+__device__ __forceinline__ float tanh_backward(float dy, float y, float, float) { return dy * (1.0f - y * y); }
+ELEMENTWISE_KERNELS(tanh)
+
+// ---- bias + ReLU, bias gradient, add ---------------------------------------------------
 
 // x, y (N, C, HW); b (C,)
 extern "C" __global__ void bias_relu_forward_kernel(const float* x, const float* b,
@@ -39,6 +74,7 @@ extern "C" __global__ void bias_relu_forward_kernel(const float* x, const float*
         y[i] = relu_value(x[i] + b[c]);
     }
 }
+ENGINE_EXPORT_KERNEL(bias_relu_forward_kernel)
 
 // Sum over channel c of g(e) for every element e of (N, C, HW) in channel c, where g is
 // dy masked by y > 0 when y is given; writes the masked dy to dx when dx is given.
@@ -68,51 +104,18 @@ extern "C" __global__ void bias_relu_backward_kernel(const float* dy, const floa
                                                      int batch, int channels, i64 hw) {
     channel_grad_sum(dy, y, dx, db, batch, channels, hw);
 }
+ENGINE_EXPORT_KERNEL(bias_relu_backward_kernel)
 
 // dy (N, C, HW); db (C,); grid = C blocks
 extern "C" __global__ void bias_backward_kernel(const float* dy, float* db,
                                                 int batch, int channels, i64 hw) {
     channel_grad_sum(dy, nullptr, nullptr, db, batch, channels, hw);
 }
+ENGINE_EXPORT_KERNEL(bias_backward_kernel)
 
-extern "C" __global__ void leaky_relu_forward_kernel(const float* x, float* y,
-                                                     float slope, i64 n) {
-    GRID_STRIDE_LOOP(i, n) {
-        const float v = x[i];
-        y[i] = v > 0.0f ? v : slope * v;
-    }
-}
-
-extern "C" __global__ void leaky_relu_backward_kernel(const float* dy, const float* x,
-                                                      float* dx, float slope, i64 n) {
-    GRID_STRIDE_LOOP(i, n) dx[i] = x[i] > 0.0f ? dy[i] : slope * dy[i];
-}
-
-extern "C" __global__ void sigmoid_forward_kernel(const float* x, float* y, i64 n) {
-    GRID_STRIDE_LOOP(i, n) {
-        const float v = x[i];
-        // exp of a non-positive number only: never overflows, so large |x| gives 0 or 1
-        const float e = expf(-fabsf(v));
-        y[i] = v >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
-    }
-}
-
-extern "C" __global__ void sigmoid_backward_kernel(const float* dy, const float* y,
-                                                   float* dx, i64 n) {
-    GRID_STRIDE_LOOP(i, n) dx[i] = dy[i] * y[i] * (1.0f - y[i]);
-}
-
-extern "C" __global__ void tanh_forward_kernel(const float* x, float* y, i64 n) {
-    GRID_STRIDE_LOOP(i, n) y[i] = tanhf(x[i]);
-}
-
-extern "C" __global__ void tanh_backward_kernel(const float* dy, const float* y,
-                                                float* dx, i64 n) {
-    GRID_STRIDE_LOOP(i, n) dx[i] = dy[i] * (1.0f - y[i] * y[i]);
-}
-
-// c may alias a or b (in-place gradient accumulation): each element is read before written
-// by the same thread, so aliasing is safe; hence no here.
+// c may alias a or b (in-place gradient accumulation): each element is read before it is
+// written by the same thread, so aliasing is safe; hence no __restrict__ here.
 extern "C" __global__ void add_forward_kernel(const float* a, const float* b, float* c, i64 n) {
     GRID_STRIDE_LOOP(i, n) c[i] = a[i] + b[i];
 }
+ENGINE_EXPORT_KERNEL(add_forward_kernel)

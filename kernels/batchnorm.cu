@@ -55,6 +55,7 @@ extern "C" __global__ void batch_norm_stats_kernel(const float* __restrict__ x, 
         }
     }
 }
+ENGINE_EXPORT_KERNEL(batch_norm_stats_kernel)
 
 extern "C" __global__ void batch_norm_eval_stats_kernel(const float* __restrict__ running_mean,
                                                         const float* __restrict__ running_var,
@@ -65,6 +66,7 @@ extern "C" __global__ void batch_norm_eval_stats_kernel(const float* __restrict_
         save_invstd[c] = 1.0f / sqrtf(running_var[c] + eps);
     }
 }
+ENGINE_EXPORT_KERNEL(batch_norm_eval_stats_kernel)
 
 extern "C" __global__ void batch_norm_forward_kernel(const float* x, const float* __restrict__ mean,
                                                      const float* __restrict__ invstd,
@@ -78,6 +80,7 @@ extern "C" __global__ void batch_norm_forward_kernel(const float* x, const float
         y[i] = v;
     }
 }
+ENGINE_EXPORT_KERNEL(batch_norm_forward_kernel)
 
 // grid = C blocks; y is null for plain BN, the BN+ReLU output for the fused op
 extern "C" __global__ void batch_norm_backward_reduce_kernel(const float* __restrict__ dy,
@@ -107,6 +110,7 @@ extern "C" __global__ void batch_norm_backward_reduce_kernel(const float* __rest
         dgamma[c] = sum_gx;
     }
 }
+ENGINE_EXPORT_KERNEL(batch_norm_backward_reduce_kernel)
 
 // dx may alias dy (read before written by the same thread)
 extern "C" __global__ void batch_norm_backward_kernel(const float* dy, const float* __restrict__ y,
@@ -130,3 +134,4 @@ extern "C" __global__ void batch_norm_backward_kernel(const float* dy, const flo
         dx[i] = scale * g;
     }
 }
+ENGINE_EXPORT_KERNEL(batch_norm_backward_kernel)

@@ -1,13 +1,23 @@
 // common.cuh -- device helpers shared by every kernels/*.cu file.
 //
 // Included as "common.cuh": nvcc finds it next to the including file, NVRTC through the
-// -I<kernels dir> option the rtc exposure passes (engine/cuda/rtc.py, RTC_OPTIONS).
+// -I<kernels dir> option the rtc exposure passes (engine/cuda/launch.py, rtc_options).
 // No host headers anywhere in kernels/: NVRTC compiles these sources without a host
 // standard library, so only built-in types and CUDA device intrinsics are used.
+//
+// Every kernel is `extern "C"` (NVRTC finds it by that name) and is followed by
+// ENGINE_EXPORT_KERNEL(name), which registers it in the compiled extension so that it can
+// be launched by name (csrc/registry.h, force-included by that build only); under NVRTC
+// it expands to nothing. How a kernel is launched -- grid, block, parameter types -- is
+// described once, in Python, next to the glue that launches it (engine/cuda/<family>.py).
 #pragma once
 
+#ifndef ENGINE_EXPORT_KERNEL
+#define ENGINE_EXPORT_KERNEL(kernel)
+#endif
+
 // Every block-level reduction in kernels/ is written for this many threads (a multiple of
-// 32, at most 1024). The launchers (csrc/*.cu and engine/cuda/rtc.py) launch exactly this.
+// 32, at most 1024). The launch descriptions (engine/cuda/launch.py: BLOCK) launch exactly this.
 #define ENGINE_REDUCE_THREADS 256
 
 // Plain 1-D elementwise kernels use this block size; any grid is correct because the
@@ -19,6 +29,12 @@ typedef long long i64;
 // NVRTC has no <cmath>, so no INFINITY / NAN macros: build them from their bit patterns.
 #define ENGINE_INFINITY __int_as_float(0x7f800000)
 #define ENGINE_NAN __int_as_float(0x7fc00000)
+
+// Floor-mode cells of a window sliding over `size` cells with `padding` on both sides (conv
+// and pooling). The one C++ copy of the formula; Python's is engine/shapes.py.
+__device__ __forceinline__ int window_output_size(int size, int kernel, int stride, int padding) {
+    return (size + 2 * padding - kernel) / stride + 1;
+}
 
 // max(v, 0) that lets NaN through, as np.maximum and torch.relu do: a NaN activation must
 // reach the loss (where training stops on it), not turn silently into 0 as fmaxf would.

@@ -31,8 +31,10 @@ extern "C" __global__ void dropout_forward_kernel(const float* x, float* y, unsi
         y[i] = keep ? x[i] * scale : 0.0f;
     }
 }
+ENGINE_EXPORT_KERNEL(dropout_forward_kernel)
 
 extern "C" __global__ void dropout_backward_kernel(const float* dy, const unsigned char* mask, float* dx,
                                                    float scale, i64 n) {
     GRID_STRIDE_LOOP(i, n) dx[i] = mask[i] ? dy[i] * scale : 0.0f;
 }
+ENGINE_EXPORT_KERNEL(dropout_backward_kernel)

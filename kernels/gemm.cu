@@ -183,7 +183,8 @@ __device__ __forceinline__ void gemm_tile(int M, int N, int K, const float* __re
         gemm_tile<TA, TB, BM, BN, TM, TN>(M, N, K, A, lda, stride_a, B, ldb, stride_b, C, ldc,      \
                                           stride_c, batch, batches_per_output, bias, bias_axis, relu, \
                                           vec);                                                     \
-    }
+    }                                                                                               \
+    ENGINE_EXPORT_KERNEL(name)
 
 GEMM_KERNEL(gemm_nn_128x128_kernel, false, false, 128, 128, 8, 8)
 GEMM_KERNEL(gemm_nt_128x128_kernel, false, true, 128, 128, 8, 8)
@@ -203,3 +204,4 @@ extern "C" __global__ void gemm_reduce_splits_kernel(const float* __restrict__ p
         out[i] = acc;
     }
 }
+ENGINE_EXPORT_KERNEL(gemm_reduce_splits_kernel)

@@ -2,7 +2,7 @@
 //
 // Layout: x (N, C, H, W); cols (N, C*R*S, P*Q) with rows ordered c, then r, then s -- the
 // order of w.reshape(K, C*R*S) -- and columns ordered p, then q. Zero padding (ph, pw),
-// stride (sh, sw); P = (H + 2 ph - R) / sh + 1, Q likewise.
+// stride (sh, sw); P = window_output_size(H, R, sh, ph), Q likewise (common.cuh).
 // Launch: 1-D grid-stride loops, ENGINE_BLOCK threads, any grid.
 //   im2col_forward_kernel   one thread per cols element (consecutive threads write
 //                           consecutive columns: coalesced stores)
@@ -12,8 +12,9 @@
 #include "common.cuh"
 
 extern "C" __global__ void im2col_forward_kernel(const float* __restrict__ x, float* __restrict__ cols, int N,
-                                                 int C, int H, int W, int R, int S, int P, int Q, int sh,
-                                                 int sw, int ph, int pw) {
+                                                 int C, int H, int W, int R, int S, int sh, int sw, int ph,
+                                                 int pw) {
+    const int P = window_output_size(H, R, sh, ph), Q = window_output_size(W, S, sw, pw);
     const i64 pq = (i64)P * Q;
     const i64 rows = (i64)C * R * S;
     const i64 n_total = (i64)N * rows * pq;
@@ -30,11 +31,13 @@ extern "C" __global__ void im2col_forward_kernel(const float* __restrict__ x, fl
         cols[i] = (h >= 0 && h < H && w >= 0 && w < W) ? x[((n * C + c) * H + h) * W + w] : 0.0f;
     }
 }
+ENGINE_EXPORT_KERNEL(im2col_forward_kernel)
 
 // cols (N, C*R*S, P*Q) -> x (N, C, H, W)
 extern "C" __global__ void col2im_forward_kernel(const float* __restrict__ cols, float* __restrict__ x, int N,
-                                                 int C, int H, int W, int R, int S, int P, int Q, int sh,
-                                                 int sw, int ph, int pw) {
+                                                 int C, int H, int W, int R, int S, int sh, int sw, int ph,
+                                                 int pw) {
+    const int P = window_output_size(H, R, sh, ph), Q = window_output_size(W, S, sw, pw);
     const i64 pq = (i64)P * Q;
     const i64 n_total = (i64)N * C * H * W;
     GRID_STRIDE_LOOP(i, n_total) {
@@ -61,3 +64,4 @@ extern "C" __global__ void col2im_forward_kernel(const float* __restrict__ cols,
         x[i] = acc;
     }
 }
+ENGINE_EXPORT_KERNEL(col2im_forward_kernel)

@@ -27,6 +27,7 @@ extern "C" __global__ void sgd_update_kernel(float* param, const float* grad, fl
         param[i] = p - lr * g;
     }
 }
+ENGINE_EXPORT_KERNEL(sgd_update_kernel)
 
 extern "C" __global__ void adam_update_kernel(float* param, const float* grad, float* m, float* v, float lr,
                                               float beta1, float beta2, float eps, float weight_decay,
@@ -44,6 +45,7 @@ extern "C" __global__ void adam_update_kernel(float* param, const float* grad, f
         param[i] = p - lr * (mi / bias_correction1) / (sqrtf(vi / bias_correction2) + eps);
     }
 }
+ENGINE_EXPORT_KERNEL(adam_update_kernel)
 
 extern "C" __global__ void rmsprop_update_kernel(float* param, const float* grad, float* square_avg, float lr,
                                                  float alpha, float eps, float weight_decay, i64 n) {
@@ -55,6 +57,7 @@ extern "C" __global__ void rmsprop_update_kernel(float* param, const float* grad
         param[i] = p - lr * g / (sqrtf(sq) + eps);
     }
 }
+ENGINE_EXPORT_KERNEL(rmsprop_update_kernel)
 
 extern "C" __global__ void adagrad_update_kernel(float* param, const float* grad, float* sum_sq, float lr,
                                                  float eps, float weight_decay, i64 n) {
@@ -66,3 +69,4 @@ extern "C" __global__ void adagrad_update_kernel(float* param, const float* grad
         param[i] = p - lr * g / (sqrtf(s) + eps);
     }
 }
+ENGINE_EXPORT_KERNEL(adagrad_update_kernel)

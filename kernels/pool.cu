@@ -1,7 +1,7 @@
 // pool.cu -- 2-D max and average pooling, forward and backward.
 //
 // Layout: x, dx (N, C, H, W); y, dy, argmax (N, C, P, Q); all C-contiguous, float32 except
-// argmax (int32). P = (H + 2 ph - kh) / sh + 1 (floor), likewise Q. Conventions are those of
+// argmax (int32). P = window_output_size(H, kh, sh, ph) (floor, common.cuh), likewise Q. Conventions are those of
 // engine/reference/pool.py:
 //   * max: padded cells are -inf and never win; scanning the window in row-major order a
 //     cell takes over only when strictly greater (ties keep the first) or when it is NaN
@@ -13,7 +13,7 @@
 //
 //   max_pool2d_forward_kernel    one thread per (n, c, p, q)
 //   max_pool2d_backward_kernel   one thread per (n, c) plane, adding each dy of the plane
-//       into dx at its argmax in row-major output order (dx zeroed first by the launcher).
+//       into dx at its argmax in row-major output order (dx zeroed first by the glue).
 //       The contract's max_pool2d_backward gets no window geometry, so it cannot gather per
 //       input cell; scattering with float atomics would make a cell that is the max of 3 or
 //       more overlapping windows differ in the last bit between runs. A sequential scan per
@@ -28,8 +28,8 @@
 
 extern "C" __global__ void max_pool2d_forward_kernel(const float* __restrict__ x, float* __restrict__ y,
                                                      int* __restrict__ argmax, int planes, int H, int W,
-                                                     int P, int Q, int kh, int kw, int sh, int sw, int ph,
-                                                     int pw) {
+                                                     int kh, int kw, int sh, int sw, int ph, int pw) {
+    const int P = window_output_size(H, kh, sh, ph), Q = window_output_size(W, kw, sw, pw);
     const i64 n = (i64)planes * P * Q;
     GRID_STRIDE_LOOP(i, n) {
         const int q = (int)(i % Q);
@@ -58,6 +58,7 @@ extern "C" __global__ void max_pool2d_forward_kernel(const float* __restrict__ x
         argmax[i] = arg;
     }
 }
+ENGINE_EXPORT_KERNEL(max_pool2d_forward_kernel)
 
 // dy, argmax (planes, P*Q) -> dx (planes, H*W), dx zeroed before the launch
 extern "C" __global__ void max_pool2d_backward_kernel(const float* __restrict__ dy, const int* __restrict__ argmax,
@@ -72,6 +73,7 @@ extern "C" __global__ void max_pool2d_backward_kernel(const float* __restrict__ 
         }
     }
 }
+ENGINE_EXPORT_KERNEL(max_pool2d_backward_kernel)
 
 __device__ __forceinline__ float avg_pool_divisor(int h0, int w0, int H, int W, int kh, int kw,
                                                   int count_include_pad) {
@@ -82,8 +84,9 @@ __device__ __forceinline__ float avg_pool_divisor(int h0, int w0, int H, int W, 
 }
 
 extern "C" __global__ void avg_pool2d_forward_kernel(const float* __restrict__ x, float* __restrict__ y,
-                                                     int planes, int H, int W, int P, int Q, int kh, int kw,
-                                                     int sh, int sw, int ph, int pw, int count_include_pad) {
+                                                     int planes, int H, int W, int kh, int kw, int sh, int sw,
+                                                     int ph, int pw, int count_include_pad) {
+    const int P = window_output_size(H, kh, sh, ph), Q = window_output_size(W, kw, sw, pw);
     const i64 n = (i64)planes * P * Q;
     GRID_STRIDE_LOOP(i, n) {
         const int q = (int)(i % Q);
@@ -96,10 +99,12 @@ extern "C" __global__ void avg_pool2d_forward_kernel(const float* __restrict__ x
         y[i] = acc / avg_pool_divisor(h0, w0, H, W, kh, kw, count_include_pad);
     }
 }
+ENGINE_EXPORT_KERNEL(avg_pool2d_forward_kernel)
 
 extern "C" __global__ void avg_pool2d_backward_kernel(const float* __restrict__ dy, float* __restrict__ dx,
-                                                      int planes, int H, int W, int P, int Q, int kh, int kw,
-                                                      int sh, int sw, int ph, int pw, int count_include_pad) {
+                                                      int planes, int H, int W, int kh, int kw, int sh, int sw,
+                                                      int ph, int pw, int count_include_pad) {
+    const int P = window_output_size(H, kh, sh, ph), Q = window_output_size(W, kw, sw, pw);
     const i64 n = (i64)planes * H * W;
     GRID_STRIDE_LOOP(i, n) {
         const int w = (int)(i % W);
@@ -119,3 +124,4 @@ extern "C" __global__ void avg_pool2d_backward_kernel(const float* __restrict__ 
         dx[i] = acc;
     }
 }
+ENGINE_EXPORT_KERNEL(avg_pool2d_backward_kernel)

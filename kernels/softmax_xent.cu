@@ -48,6 +48,7 @@ extern "C" __global__ void softmax_xent_forward_kernel(const float* __restrict__
     // cancels two large floats and loses ~1e-3 of the loss
     if (lane == 0) row_loss[row] = valid ? logf(s) - (x[label] - m) : ENGINE_NAN;
 }
+ENGINE_EXPORT_KERNEL(softmax_xent_forward_kernel)
 
 extern "C" __global__ void mse_partial_forward_kernel(const float* __restrict__ pred,
                                                       const float* __restrict__ target,
@@ -61,6 +62,7 @@ extern "C" __global__ void mse_partial_forward_kernel(const float* __restrict__ 
     acc = block_sum(acc, scratch);
     if (threadIdx.x == 0) partial[blockIdx.x] = acc;
 }
+ENGINE_EXPORT_KERNEL(mse_partial_forward_kernel)
 
 // launched as one block of ENGINE_REDUCE_THREADS threads
 extern "C" __global__ void mean_reduce_kernel(const float* __restrict__ values, float* __restrict__ out,
@@ -71,9 +73,11 @@ extern "C" __global__ void mean_reduce_kernel(const float* __restrict__ values, 
     acc = block_sum(acc, scratch);
     if (threadIdx.x == 0) out[0] = acc / divisor;
 }
+ENGINE_EXPORT_KERNEL(mean_reduce_kernel)
 
 extern "C" __global__ void mse_backward_kernel(const float* pred, const float* target, const float* dloss,
                                                float* dpred, float scale, i64 n) {
     const float g = scale * dloss[0];  // scale = 2 / numel
     GRID_STRIDE_LOOP(i, n) dpred[i] = (pred[i] - target[i]) * g;
 }
+ENGINE_EXPORT_KERNEL(mse_backward_kernel)

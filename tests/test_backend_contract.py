@@ -1,50 +1,38 @@
-"""Every backend honours the op contract in engine.backend.OPS.
+"""Every backend honours the op cards (engine.ops.OPS, declared in engine/reference/<family>.py).
 
-The contract is text: "(x, kernel, stride, padding, out=None) -> cols ...". Its parameter
-names, order and defaults are parsed out of that text and compared with
-inspect.signature of each backend's function, so a renamed or reordered parameter (which
-would make the functional API or the executor pass arguments to the wrong place) fails
-here, naming the backend and the op. 'reference' and 'numba' must import on every
-machine; the CUDA backends skip, with the reason, where CuPy or a GPU is absent.
+A card's reference gives the op's signature; every backend's function must have exactly
+those parameter names, order and defaults, so that the functional API and the executor,
+which pass arguments by position, reach the right parameter on every backend. Each op
+returns what the card's shape rule says, in shape and dtype. 'reference' and 'numba' must
+load on every machine; the CUDA backends skip, with the reason, where CuPy or a GPU is
+absent (tests/test_cuda_emulated.py runs them on an emulated GPU).
 """
 from __future__ import annotations
 
-import ast
-import importlib
 import inspect
 
+import numpy as np
 import pytest
 
 from engine import backend
-from engine.backend import FAMILIES, OPS
+from engine.ops import OPS, cases, family_modules
 
 CPU_BACKENDS = ("reference", "numba")
 CUDA_BACKENDS = ("cuda", "cuda-rtc", "cuda-ext")
-NO_DEFAULT = inspect.Parameter.empty
+KIND = inspect.Parameter.POSITIONAL_OR_KEYWORD
 
 
-def contract_parameters(op: str) -> list[tuple[str, object]]:
-    """[(name, default or NO_DEFAULT), ...] from the text of OPS[op]."""
-    text = OPS[op]
-    inside = text[text.index("(") + 1:text.index(")")]
-    params = []
-    for item in inside.split(","):
-        name, _, default = item.strip().partition("=")
-        params.append((name.strip(), ast.literal_eval(default.strip()) if default else NO_DEFAULT))
-    return params
-
-
-def implementation_parameters(fn) -> list[tuple[str, object, object]]:
-    return [(p.name, p.default, p.kind) for p in inspect.signature(fn).parameters.values()]
-
-
-def test_contract_text_parses():
-    # guards the parser itself: a known entry comes out as written
-    assert contract_parameters("avg_pool2d_forward") == [
-        ("x", NO_DEFAULT), ("kernel", NO_DEFAULT), ("stride", NO_DEFAULT),
-        ("padding", NO_DEFAULT), ("count_include_pad", True), ("out", None)]
-    assert contract_parameters("gemm")[2:] == [("trans_a", False), ("trans_b", False), ("out", None)]
-    assert all(contract_parameters(op) for op in OPS)
+def test_every_family_declares_cards_and_every_card_a_usable_signature():
+    assert family_modules() == ["activation", "batchnorm", "conv", "dropout", "linear", "loss", "optim", "pool"]
+    assert {card.module for card in OPS.values()} == set(family_modules())
+    for name, card in OPS.items():
+        params = list(card.signature.parameters.values())
+        assert all(p.kind is KIND for p in params), f"{name}: every parameter positional-or-keyword"
+        if card.direction == "update":
+            assert "out" not in card.signature.parameters and card.returns == 0, name
+        else:
+            assert params[-1].name == "out" and params[-1].default is None, f"{name}: out=None comes last"
+        assert len(card.outputs) == card.returns + len(card.inplace), name
 
 
 def _cuda_skip_reason(name: str) -> str | None:
@@ -73,65 +61,36 @@ def _backend_or_skip(name: str):
 
 
 @pytest.mark.parametrize("name", CPU_BACKENDS + CUDA_BACKENDS)
-def test_backend_provides_every_op(name):
-    be = _backend_or_skip(name)  # get_backend raises NotImplementedError listing what is missing
-    missing = sorted(op for op in OPS if not callable(getattr(be, op, None)))
-    assert not missing, f"backend {name!r} lacks {missing}"
+def test_backend_provides_every_op_with_the_card_signature(name):
+    be = _backend_or_skip(name)  # get_backend raises NotImplementedError naming what is missing
+    for op, card in OPS.items():
+        fn = getattr(be, op)
+        assert inspect.signature(fn) == card.signature, \
+            f"backend {name!r}, {op}: card {card.signature}, implementation {inspect.signature(fn)}"
 
 
-def _op(name: str, op: str):
-    """One op of a backend. CPU ops are looked up family by family (as get_backend does),
-    so one missing op or family fails its own tests, not every op's."""
-    if name in CUDA_BACKENDS:
-        return getattr(_backend_or_skip(name), op)
-    package = backend._PACKAGES[name]
-    found = None
-    for fam in FAMILIES:
-        try:
-            module = importlib.import_module(f"{package}.{fam}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{package}.{fam}":
-                raise  # the family exists but imports something missing: a real error
-            continue
-        found = getattr(module, op, found)  # later families win, as in get_backend
-    assert found is not None, f"backend {name!r} defines no {op} in {package}.<family>"
-    return found
-
-
-@pytest.mark.parametrize("name", CPU_BACKENDS + CUDA_BACKENDS)
-@pytest.mark.parametrize("op", sorted(OPS))
-def test_signature_matches_the_contract(name, op):
-    fn = _op(name, op)
-    want = contract_parameters(op)
-    got = implementation_parameters(fn)
-    where = f"backend {name!r}, {op}: contract {OPS[op].split(' ->')[0]}, implementation {inspect.signature(fn)}"
-    assert [n for n, _ in want] == [n for n, _, _ in got], f"parameter names differ; {where}"
-    for (pname, default), (_, impl_default, kind) in zip(want, got):
-        # callers pass everything positionally except out=
-        assert kind is inspect.Parameter.POSITIONAL_OR_KEYWORD, f"{pname} is {kind}; {where}"
-        if default is NO_DEFAULT:
-            assert impl_default is NO_DEFAULT, f"{pname} has a default the contract lacks; {where}"
-        else:
-            assert impl_default == default and type(impl_default) is type(default), \
-                f"{pname} defaults to {impl_default!r}, contract says {default!r}; {where}"
-
-
-@pytest.mark.parametrize("op", sorted(OPS))
-def test_numba_op_lives_in_the_same_family_file_as_its_reference(op):
+@pytest.mark.parametrize("op", [op for op, card in OPS.items() if card.row is None])
+def test_numba_op_lives_in_the_family_file_of_its_reference(op):
     """The layout rule: engine/reference/<family>.py and engine/cpu/<family>.py pair up."""
-    def family(package):
-        for fam in FAMILIES:
-            try:
-                module = importlib.import_module(f"{package}.{fam}")
-            except ModuleNotFoundError as e:
-                if e.name != f"{package}.{fam}":
-                    raise
-                continue
-            fn = getattr(module, op, None)
-            if fn is not None and getattr(fn, "__module__", None) == module.__name__:
-                return fam
-        return None
+    card = OPS[op]
+    fn = getattr(backend.get_backend("numba"), op)
+    assert fn.__module__ == f"engine.cpu.{card.module}", f"{op}: reference in {card.module}, Numba in {fn.__module__}"
 
-    ref, cpu = family("engine.reference"), family("engine.cpu")
-    assert ref is not None, f"{op} is defined in no engine/reference/<family>.py"
-    assert cpu == ref, f"{op} is defined in engine/reference/{ref}.py but engine/cpu/{cpu}.py"
+
+def test_a_missing_implementation_is_named(monkeypatch):
+    from engine.cpu import pool
+    monkeypatch.delattr(pool, "avg_pool2d_backward")
+    with pytest.raises(NotImplementedError, match=r"backend 'numba' lacks avg_pool2d_backward \(engine.cpu.pool\)"):
+        backend.namespace("numba", "engine.cpu")
+
+
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+def test_outputs_follow_the_card_shape_rule(name):
+    be = backend.get_backend(name)
+    dtype = np.float64 if name == "reference" else np.float32
+    for case in cases("odd"):
+        args = [a.astype(dtype) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a for a in case.inputs()]
+        specs = case.card.output_specs(args)
+        result = getattr(be, case.op)(*args)
+        got = () if result is None else result if isinstance(result, tuple) else (result,)
+        assert [(tuple(g.shape), g.dtype) for g in got] == list(specs), f"{name}: {case.op} at {case.label}"

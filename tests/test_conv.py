@@ -13,6 +13,7 @@ import pytest
 
 from engine.cpu import conv as fast
 from engine.reference import conv as ref
+from engine.shapes import window_output_hw
 from engine.tolerances import assert_close, tol
 from tests.helpers import numerical_grad, rng_for
 
@@ -36,7 +37,7 @@ def draw(cfg: dict):
     """float32 x (N, C, H, W), w (K, C, R, S), b (K,) and dy (N, K, P, Q) for a config."""
     rng = rng_for(cfg["seed"] + 10_000)
     (r, s) = cfg["kernel"]
-    p, q = ref.output_size(cfg["h"], cfg["w"], cfg["kernel"], cfg["stride"], cfg["padding"])
+    p, q = window_output_hw(cfg["h"], cfg["w"], cfg["kernel"], cfg["stride"], cfg["padding"])
     x = rng.standard_normal((cfg["n"], cfg["c"], cfg["h"], cfg["w"])).astype(np.float32)
     w = rng.standard_normal((cfg["k"], cfg["c"], r, s)).astype(np.float32)
     b = rng.standard_normal(cfg["k"]).astype(np.float32)

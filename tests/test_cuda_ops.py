@@ -1,7 +1,7 @@
 """The CUDA kernels, through both exposures (the pybind11 extension "cuda-ext" and NVRTC via
-CuPy "cuda-rtc"), against the float64 reference: every op of engine.backend.OPS at odd
+CuPy "cuda-rtc"), against the float64 reference: every op of engine.ops.OPS at odd
 shapes, LeNet shapes and AlexNet layer shapes (small batches), with the inputs of
-engine.validate.OP_TABLE. Also: both exposures give bitwise the same result (they run one
+its card (engine/reference/<family>.py). Also: both exposures give bitwise the same result (they run one
 source, kernels/*.cu); the dropout mask is bitwise the CPU's; two runs are bitwise equal;
 writing into a reused (garbage-filled) out= buffer gives the same answer.
 
@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from engine import validate
-from engine.backend import OPS, get_backend
+from engine.backend import get_backend
+from engine.ops import Case, cases
 from engine.tolerances import assert_close, tol
 
 GPU, EXTENSION, WHY_NOT = validate.cuda_status()
@@ -23,18 +24,18 @@ NO_EXTENSION = "the compiled extension (cuda-ext) is not built" if GPU else f"no
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not GPU, reason=f"no GPU/CuPy: {WHY_NOT}")]
 
 # small batches: the point is coverage of every shape family, not throughput
-CASES = validate.cases("odd") + validate.cases("lenet", 8) + validate.cases("alexnet", 2)
+CASES = cases("odd") + cases("lenet", 8) + cases("alexnet", 2)
 IDS = [f"{c.op}-{c.label}" for c in CASES]
 EXPOSURES = [pytest.param("cuda-ext", marks=pytest.mark.skipif(not EXTENSION, reason=NO_EXTENSION)),
              "cuda-rtc"]
 
 
 @functools.lru_cache(maxsize=None)
-def _reference(case: validate.Case) -> tuple:
+def _reference(case: Case) -> tuple:
     return validate.reference_outputs(case)
 
 
-def _on_gpu(backend_name: str, case: validate.Case, out_like=None) -> tuple:
+def _on_gpu(backend_name: str, case: Case, out_like=None) -> tuple:
     import cupy
     args = validate.to_device(case.inputs(), cupy)
     out = None if out_like is None else validate.garbage_like(out_like, cupy)
@@ -47,16 +48,16 @@ def _host(a) -> np.ndarray:
     return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
 
 
-def _assert_matches_reference(case: validate.Case, got: tuple, what: str) -> None:
+def _assert_matches_reference(case: Case, got: tuple, what: str) -> None:
     expected = _reference(case)
     assert len(got) == len(expected), f"{what}: {len(got)} outputs, expected {len(expected)}"
-    for name, g, e in zip(case.spec.outputs, got, expected):
+    for name, g, e in zip(case.card.outputs, got, expected):
         g, e = _host(g), np.asarray(e)
         if e.dtype.kind in "iub":  # argmax, dropout mask: exact
             assert g.shape == e.shape and np.array_equal(g, e), f"{what}: {name} differs from the reference"
         else:
             assert g.dtype == np.float32, f"{what}: {name} is {g.dtype}, expected float32"
-            assert_close(g, e, **tol(case.spec.family), what=f"{what}: {name}")
+            assert_close(g, e, **tol(case.card.family), what=f"{what}: {name}")
 
 
 @pytest.mark.parametrize("exposure", EXPOSURES)
@@ -66,11 +67,11 @@ def test_matches_reference(case, exposure):
 
 
 @pytest.mark.parametrize("exposure", EXPOSURES)
-@pytest.mark.parametrize("case", [c for c in CASES if "out=None" in OPS[c.op]],
-                         ids=[i for c, i in zip(CASES, IDS) if "out=None" in OPS[c.op]])
+@pytest.mark.parametrize("case", [c for c in CASES if c.card.returns],
+                         ids=[i for c, i in zip(CASES, IDS) if c.card.returns])
 def test_writes_into_a_reused_out_buffer(case, exposure):
     # the executor hands every op last step's buffer: garbage in it must not leak through
-    n_returned = len(case.spec.outputs) - len(case.spec.inplace)
+    n_returned = case.card.returns
     shapes = _reference(case)[:n_returned]
     like = tuple(np.empty(e.shape, np.float32 if e.dtype.kind == "f" else e.dtype) for e in shapes)
     got = _on_gpu(exposure, case, out_like=like)
@@ -82,7 +83,7 @@ def test_writes_into_a_reused_out_buffer(case, exposure):
 def test_two_runs_are_bitwise_equal(case, exposure):
     # a result that moves between runs on the same inputs is a race
     first, second = _on_gpu(exposure, case), _on_gpu(exposure, case)
-    for name, a, b in zip(case.spec.outputs, first, second):
+    for name, a, b in zip(case.card.outputs, first, second):
         assert np.array_equal(_host(a), _host(b), equal_nan=True), \
             f"{case.op} {exposure} {case.label}: {name} differs between two runs"
 
@@ -92,7 +93,7 @@ def test_two_runs_are_bitwise_equal(case, exposure):
 def test_extension_and_nvrtc_agree_bitwise(case):
     # one source file, two compilers (nvcc, NVRTC): the same kernels must give the same bits
     ext, rtc = _on_gpu("cuda-ext", case), _on_gpu("cuda-rtc", case)
-    for name, a, b in zip(case.spec.outputs, ext, rtc):
+    for name, a, b in zip(case.card.outputs, ext, rtc):
         a, b = _host(a), _host(b)
         assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True), \
             f"{case.op} {case.label}: {name} from cuda-ext differs from cuda-rtc"

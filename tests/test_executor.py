@@ -1,5 +1,7 @@
 """The graph executor: tracing, memory plan, backward through shared values, modes,
 and agreement with PyTorch on whole training runs."""
+import inspect
+
 import numpy as np
 import pytest
 
@@ -59,6 +61,63 @@ def test_memory_plan_shares_buffers_and_sharing_changes_nothing():
         else:
             assert plan.arena_elements == plan.naive_elements
     assert runs[0] == runs[1]  # bitwise: no buffer was overwritten while still needed
+
+
+class EveryBuffer(Model):
+    """A model whose plan needs every kind of buffer: batch norm on the graph input (a dx
+    nobody reads), fused conv+ReLU and linear+ReLU (pre_relu_grad), max pooling (int32
+    argmax), dropout (uint8 mask), a linear layer used twice (a parameter gradient to add)."""
+
+    def __init__(self):
+        self.norm, self.conv = nn.BatchNorm2d(1), nn.Conv2d(1, 4, 3, padding=1)
+        self.relu, self.pool, self.flat, self.drop = nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Dropout(0.5)
+        self.lin, self.add, self.relu2, self.head = nn.Linear(64, 8), nn.Add(), nn.ReLU(), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.drop(self.flat(self.pool(self.relu(self.conv(self.norm(x))))))
+        return self.head(self.add(self.relu2(self.lin(h)), self.relu2(self.lin(h))))
+
+
+def test_scratch_saved_and_unread_gradients_are_views_of_the_arena():
+    rng = np.random.default_rng(7)
+    x, y = batch(rng, 6, (1, 8, 8), 3)
+    runs = []
+    for share in (True, False):
+        nn.manual_seed(8)
+        ex = Executor(EveryBuffer(), (1, 8, 8), optimizer=SGD(0.1, momentum=0.9), seed=1, share_memory=share)
+        runs.append([float(ex.train_step(x, y)) for _ in range(3)])
+        plan = ex.plan(6, "train")
+        scratch = {(type(b.layer).__name__, name): a for b in plan.bound for name, a in b.s.items()}
+        assert set(scratch) == {("BatchNorm2d", "mean"), ("BatchNorm2d", "invstd"), ("Conv2d", "pre_relu_grad"),
+                                ("MaxPool2d", "argmax"), ("Dropout", "mask"), ("Linear", "pre_relu_grad"),
+                                ("SoftmaxCrossEntropy", "dlogits")}
+        assert scratch[("MaxPool2d", "argmax")].dtype == np.int32 and scratch[("Dropout", "mask")].dtype == np.uint8
+        norm, first_lin = plan.bound[0], plan.bound[5]
+        assert first_lin.layer is ex.model.lin and first_lin.g["weight"] is not ex.grad(first_lin.layer, "weight")
+        unread_dx = norm.dx[0]  # d(loss)/d(input): batch norm's backward writes it, nobody reads it
+        everything = [*scratch.values(), unread_dx, first_lin.g["weight"], first_lin.g["bias"],
+                      *(a for b in plan.bound for a in (b.y, b.dy, *b.dx, *(s for _, s in b.accumulate))
+                        if a is not None)]
+        for a in everything:
+            assert np.shares_memory(a, plan.arena), a.shape
+            assert (a.ctypes.data - plan.arena.ctypes.data) % 256 == 0  # kernels may load 16 bytes at once
+    assert runs[0] == runs[1]  # bitwise: sharing the arena overwrote nothing still needed
+
+
+def test_planning_passes_are_short_module_level_functions_called_in_order():
+    from engine import executor, graph
+    passes = [executor.trace_step, executor.fuse_relu, executor.values_needing_grad, executor.lifetimes,
+              executor.place, executor.bind]
+    helpers = [executor.node_lifetimes, executor.bind_gradients]
+    for f in [*passes, *helpers, executor.Plan.__init__]:
+        length = len(inspect.getsource(f).rstrip().splitlines())
+        assert length <= 30, f"{f.__qualname__} is {length} lines"
+    assert all(f.__module__ == "engine.executor" and f.__qualname__ == f.__name__ for f in passes + helpers)
+    plan = inspect.getsource(executor.Plan.__init__)
+    calls = [plan.index(f.__name__ + "(") for f in passes]
+    defined = [inspect.getsourcelines(f)[1] for f in passes]
+    assert calls == sorted(calls) and defined == sorted(defined), "the passes read in the order they run"
+    assert executor.Bound is graph.Bound
 
 
 def test_buffers_are_allocated_once_and_reused():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import engine.functional as F
 from engine.cpu import parallel as cpu_parallel
 from engine.cpu import loss as fast
 from engine.reference import loss as ref
@@ -128,13 +129,17 @@ def test_softmax_cross_entropy_is_stable_for_logits_of_magnitude_1e4():
 
 
 def test_bad_labels_are_refused_before_any_kernel_runs():
+    # engine.checks refuses them with a ValueError (tests/test_bad_input.py); below the gate the
+    # backends assert the invariant, so a caller that bypasses the gate never reads out of bounds
     logits = np.zeros((3, 4), dtype=np.float32)
     for module in (fast, ref):
         for labels in (np.array([0, 4, 1]), np.array([0, -1, 1])):
-            with pytest.raises(ValueError, match=r"softmax_cross_entropy_forward: expected labels in \[0, 4\)"):
+            with pytest.raises(AssertionError, match=r"softmax_cross_entropy_forward: expected labels in \[0, 4\)"):
                 module.softmax_cross_entropy_forward(logits, labels)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(AssertionError, match="shape"):
         ref.softmax_cross_entropy_forward(logits, np.array([0, 1]))
+    with pytest.raises(ValueError, match=r"cross_entropy: label 4 out of range \[0, 4\)"):
+        F.cross_entropy(logits, np.array([0, 4, 1]))
 
 
 # ------------------------------------------------------------------ finite differences

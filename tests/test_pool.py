@@ -15,7 +15,7 @@ import pytest
 
 from engine.cpu import pool as fast
 from engine.reference import pool as ref
-from engine.reference.conv import output_size
+from engine.shapes import window_output_hw
 from engine.tolerances import assert_close, tol
 from tests.helpers import numerical_grad, rng_for
 
@@ -38,7 +38,7 @@ def draw(cfg: dict, ties: bool = False):
     rng = rng_for(cfg["seed"] + 10_000)
     shape = (cfg["n"], cfg["c"], cfg["h"], cfg["w"])
     x = rng.integers(-2, 3, size=shape) if ties else rng.standard_normal(shape)
-    p, q = output_size(cfg["h"], cfg["w"], cfg["kernel"], cfg["stride"], cfg["padding"])
+    p, q = window_output_hw(cfg["h"], cfg["w"], cfg["kernel"], cfg["stride"], cfg["padding"])
     dy = rng.standard_normal((cfg["n"], cfg["c"], p, q))
     return x.astype(np.float32), dy.astype(np.float32)
 

@@ -1,30 +1,65 @@
 """Activations as Numba kernels (float32 on the CPU); the spec is engine.reference.activation.
 
-Element-wise ops run on the flat C-order view of their arrays, one prange over all
-elements. Every kernel is compiled twice by ``kernel_pair`` (engine.cpu.parallel): arrays under PARALLEL_MIN elements run the serial twin,
-because waking the thread pool costs more than it saves there, and on a busy machine a
-parallel region can wait a whole scheduler slice for a descheduled worker (PyTorch
-applies the same grain size). bias_relu views x as (N, C, HW) -- HW = H*W, or 1 for x of rank 2 -- and
-parallelises over the N*C planes; its db reduces each plane into an (N, C) float64
-partial and then sums the partials over N in a fixed order, so the result is bitwise
-the same on every run whatever the thread count.
+Every row of the elementwise table (engine.reference.activation.ELEMENTWISE) runs through
+two generic kernels, one prange over the flat C-order arrays each, in which the row's
+scalar functions are compiled in place (engine.cpu.parallel.specialize): adding a row
+adds no code here. Every kernel is compiled twice by ``kernel_pair``: arrays under
+PARALLEL_MIN elements run the serial twin, because waking the thread pool costs more than
+it saves there, and on a busy machine a parallel region can wait a whole scheduler slice
+for a descheduled worker (PyTorch applies the same grain size).
+
+bias_relu views x as (N, C, HW) -- HW = H*W, or 1 for x of rank 2 -- and parallelises over
+the N*C planes; its db reduces each plane into an (N, C) float64 partial and then sums the
+partials over N in a fixed order, so the result is bitwise the same on every run whatever
+the thread count.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from engine.cpu.arrays import column_sums, output, planes
-from engine.cpu.parallel import kernel_pair
+from engine.cpu.parallel import kernel_pair, specialize
 
-# ---- kernels: flat arrays in, flat arrays out ---------------------------------------
+# ---- the generic elementwise kernels: flat arrays in, flat arrays out -------------------
+# `scalar` is bound to a row's scalar function by specialize(); params is a tuple of floats.
 
-@kernel_pair()
-def _relu_fwd(x, y):
+
+def _forward(x, params, y):
     for i in prange(x.size):
-        v = x[i]
-        y[i] = 0 if v <= 0 else v  # written so that NaN passes through, as np.maximum
+        y[i] = scalar(x[i], *params)  # noqa: F821 (bound by specialize)
 
+
+def _backward(dy, saved, params, dx):
+    for i in prange(dy.size):
+        dx[i] = scalar(dy[i], saved[i], *params)  # noqa: F821 (bound by specialize)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels(row):
+    return (specialize(_forward, row.name, scalar=row.scalar_forward),
+            specialize(_backward, row.name, scalar=row.scalar_backward))
+
+
+def elementwise_forward(row, x, *params, out=None):
+    """y = row's forward of x, element by element; params as the row names them."""
+    x = np.ascontiguousarray(x)
+    y = output(out, x.shape, x.dtype)
+    _kernels(row)[0](x.reshape(-1), tuple(float(p) for p in params), y.reshape(-1))
+    return y
+
+
+def elementwise_backward(row, dy, saved, *params, out=None):
+    """dx = row's backward of (dy, saved), saved being the forward's y or x (row.saves)."""
+    dy, saved = np.ascontiguousarray(dy), np.ascontiguousarray(saved)
+    dx = output(out, dy.shape, dy.dtype)
+    _kernels(row)[1](dy.reshape(-1), saved.reshape(-1), tuple(float(p) for p in params), dx.reshape(-1))
+    return dx
+
+
+# ---- bias_relu --------------------------------------------------------------------------
 
 @kernel_pair()
 def _relu_bwd(dy, y, dx):
@@ -42,6 +77,15 @@ def _bias_relu_fwd(x, b, y):
         for j in range(hw):
             v = x[i, ch, j] + bias
             y[i, ch, j] = 0 if v <= 0 else v
+
+
+@kernel_pair()
+def _bias_relu_rows_fwd(x, b, y):
+    # x, y (N, C); b (C,): rows in parallel, each row a vector loop
+    for i in prange(x.shape[0]):
+        for j in range(x.shape[1]):
+            v = x[i, j] + b[j]
+            y[i, j] = 0 if v <= 0 else v
 
 
 @kernel_pair(fastmath={"reassoc"})  # vector lanes for the float64 sums; order still fixed
@@ -64,72 +108,6 @@ def _bias_relu_bwd(dy, y, dx, db):
         db[ch] = s
 
 
-@kernel_pair()
-def _leaky_relu_fwd(x, slope, y):
-    for i in prange(x.size):
-        v = x[i]
-        y[i] = v if v > 0 else slope * v
-
-
-@kernel_pair()
-def _leaky_relu_bwd(dy, x, slope, dx):
-    for i in prange(dy.size):
-        dx[i] = dy[i] if x[i] > 0 else slope * dy[i]
-
-
-@kernel_pair()
-def _sigmoid_fwd(x, y):
-    for i in prange(x.size):
-        v = x[i]
-        e = np.exp(-abs(v))  # <= 1: no overflow for any |x|
-        y[i] = (1 if v >= 0 else e) / (1 + e)
-
-
-@kernel_pair()
-def _sigmoid_bwd(dy, y, dx):
-    for i in prange(dy.size):
-        s = y[i]
-        dx[i] = dy[i] * s * (1 - s)
-
-
-@kernel_pair()
-def _tanh_fwd(x, y):
-    for i in prange(x.size):
-        y[i] = np.tanh(x[i])
-
-
-@kernel_pair()
-def _tanh_bwd(dy, y, dx):
-    for i in prange(dy.size):
-        t = y[i]
-        dx[i] = dy[i] * (1 - t * t)
-
-
-# ---- the ops of engine.backend.OPS ----------------------------------------------------
-
-def relu_forward(x, out=None):
-    x = np.ascontiguousarray(x)
-    y = output(out, x.shape, x.dtype)
-    _relu_fwd(x.reshape(-1), y.reshape(-1))
-    return y
-
-
-def relu_backward(dy, y, out=None):
-    dy, y = np.ascontiguousarray(dy), np.ascontiguousarray(y)
-    dx = output(out, dy.shape, dy.dtype)
-    _relu_bwd(dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
-    return dx
-
-
-@kernel_pair()
-def _bias_relu_rows_fwd(x, b, y):
-    # x, y (N, C); b (C,): rows in parallel, each row a vector loop
-    for i in prange(x.shape[0]):
-        for j in range(x.shape[1]):
-            v = x[i, j] + b[j]
-            y[i, j] = 0 if v <= 0 else v
-
-
 def bias_relu_forward(x, b, out=None):
     x, b = np.ascontiguousarray(x), np.ascontiguousarray(b)
     y = output(out, x.shape, x.dtype)
@@ -150,45 +128,3 @@ def bias_relu_backward(dy, y, out=None):
     else:
         _bias_relu_bwd(planes(dy), planes(y), planes(dx), db)
     return dx, db
-
-
-def leaky_relu_forward(x, negative_slope, out=None):
-    x = np.ascontiguousarray(x)
-    y = output(out, x.shape, x.dtype)
-    _leaky_relu_fwd(x.reshape(-1), float(negative_slope), y.reshape(-1))
-    return y
-
-
-def leaky_relu_backward(dy, x, negative_slope, out=None):
-    dy, x = np.ascontiguousarray(dy), np.ascontiguousarray(x)
-    dx = output(out, dy.shape, dy.dtype)
-    _leaky_relu_bwd(dy.reshape(-1), x.reshape(-1), float(negative_slope), dx.reshape(-1))
-    return dx
-
-
-def sigmoid_forward(x, out=None):
-    x = np.ascontiguousarray(x)
-    y = output(out, x.shape, x.dtype)
-    _sigmoid_fwd(x.reshape(-1), y.reshape(-1))
-    return y
-
-
-def sigmoid_backward(dy, y, out=None):
-    dy, y = np.ascontiguousarray(dy), np.ascontiguousarray(y)
-    dx = output(out, dy.shape, dy.dtype)
-    _sigmoid_bwd(dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
-    return dx
-
-
-def tanh_forward(x, out=None):
-    x = np.ascontiguousarray(x)
-    y = output(out, x.shape, x.dtype)
-    _tanh_fwd(x.reshape(-1), y.reshape(-1))
-    return y
-
-
-def tanh_backward(dy, y, out=None):
-    dy, y = np.ascontiguousarray(dy), np.ascontiguousarray(y)
-    dx = output(out, dy.shape, dy.dtype)
-    _tanh_bwd(dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
-    return dx

@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numba as nb
 import numpy as np
 
-from engine.cpu.arrays import window_output_size
+from engine.shapes import window_output_hw
 
 _CHUNK_BYTES = 2 << 20
 # OpenBLAS runs a GEMM on one thread when M*N*K is at most 65536 * GEMM_MULTITHREAD_THRESHOLD (4)
@@ -176,7 +176,7 @@ def _add_channel_bias(y, b):
 def im2col(x, kernel, stride, padding, out=None):
     """x (N, C, H, W) float32 -> cols (N, C*R*S, P*Q); rows ordered c, then r, then s."""
     n, c, h, w = x.shape
-    p, q = window_output_size(h, w, kernel, stride, padding)
+    p, q = window_output_hw(h, w, kernel, stride, padding)
     cols = _empty((n, c * kernel[0] * kernel[1], p * q), out)
     _im2col_parallel(x, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1], p, q, cols)
     return cols
@@ -185,7 +185,7 @@ def im2col(x, kernel, stride, padding, out=None):
 def col2im(cols, x_shape, kernel, stride, padding, out=None):
     """cols (N, C*R*S, P*Q) float32 -> x (N, C, H, W), overlapping contributions summed."""
     n, c, h, w = x_shape
-    p, q = window_output_size(h, w, kernel, stride, padding)
+    p, q = window_output_hw(h, w, kernel, stride, padding)
     x = _empty((n, c, h, w), out)
     _col2im_parallel(cols, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1], p, q, x)
     return x
@@ -245,7 +245,7 @@ def conv2d_forward(x, w, b, stride, padding, out=None):
     n, c, h, wd = x.shape
     k, _, r, s = w.shape
     crs = c * r * s
-    p, q = window_output_size(h, wd, (r, s), stride, padding)
+    p, q = window_output_hw(h, wd, (r, s), stride, padding)
     w2 = w.reshape(k, crs)
     y = _empty((n, k, p, q), out)
     y3 = y.reshape(n, k, p * q)                              # a view: matmul writes straight into y

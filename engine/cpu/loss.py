@@ -68,10 +68,8 @@ def _mse_bwd(pred, target, scale, dpred):
 def softmax_cross_entropy_forward(logits, labels, out=None):
     logits, labels = np.ascontiguousarray(logits), np.ascontiguousarray(labels)
     n, k = logits.shape
-    bad = _first_bad_label(labels, k)
-    if bad >= 0:  # checked here too: a bad label would index out of bounds in the kernel
-        raise ValueError(f"softmax_cross_entropy_forward: expected labels in [0, {k}), "
-                         f"got {labels[bad]} at row {bad}")
+    bad = _first_bad_label(labels, k)  # asserted here too: a bad label would index out of bounds
+    assert bad < 0, f"softmax_cross_entropy_forward: expected labels in [0, {k}), got {labels[bad]} at row {bad}"
     loss = output(None if out is None else out[0], (), logits.dtype)
     dlogits = output(None if out is None else out[1], (n, k), logits.dtype)
     row_loss = np.empty(n)

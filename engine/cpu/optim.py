@@ -67,8 +67,7 @@ def sgd_update(param, grad, velocity, lr, momentum, weight_decay, nesterov) -> N
 
 
 def adam_update(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled) -> None:
-    if step < 1:
-        raise ValueError(f"adam_update: expected step >= 1 (it counts from 1), got {step}")
+    assert step >= 1, f"adam_update: expected step >= 1 (it counts from 1), got {step}"
     _adam(param, grad, m, v, float(lr), float(beta1), float(beta2),
           1.0 - float(beta1) ** int(step), 1.0 - float(beta2) ** int(step),
           float(eps), float(weight_decay), bool(decoupled))

@@ -6,6 +6,8 @@ the same grain size. Shared by every engine.cpu family.
 """
 from __future__ import annotations
 
+import hashlib
+import marshal
 import types
 
 from numba import njit
@@ -25,11 +27,31 @@ class kernel_pair:
         self.options = options
 
     def __call__(self, function):
-        twin = types.FunctionType(function.__code__, function.__globals__, function.__name__ + "_serial",
-                                  function.__defaults__, function.__closure__)
-        twin.__qualname__ = function.__qualname__ + "_serial"
         return _Pair(njit(parallel=True, cache=True, **self.options)(function),
-                     njit(cache=True, **self.options)(twin))
+                     njit(cache=True, **self.options)(_copy(function, function.__name__ + "_serial")))
+
+
+def specialize(template, name: str, **functions) -> "_Pair":
+    """kernel_pair of a copy of `template` in which the global names `functions` are these
+    Python functions, compiled by Numba: one generic kernel serves every row of a table
+    (engine.cpu.activation). Numba caches a copy by its name and does not look at the
+    functions it calls, so the name carries a digest of their code and of the files they
+    come from: editing a row compiles its kernels again."""
+    digest = hashlib.sha1()
+    for fn in functions.values():
+        digest.update(marshal.dumps(fn.__code__))
+        with open(fn.__code__.co_filename, "rb") as source:
+            digest.update(source.read())
+    copy = _copy(template, f"{template.__name__}_{name}_{digest.hexdigest()[:10]}",
+                 {k: njit(inline="always")(fn) for k, fn in functions.items()})
+    return kernel_pair()(copy)
+
+
+def _copy(function, name: str, extra_globals: dict | None = None):
+    globals_ = function.__globals__ if extra_globals is None else {**function.__globals__, **extra_globals}
+    twin = types.FunctionType(function.__code__, globals_, name, function.__defaults__, function.__closure__)
+    twin.__qualname__ = name
+    return twin
 
 
 class _Pair:

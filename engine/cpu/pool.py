@@ -13,7 +13,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from engine.cpu.arrays import window_output_size
+from engine.shapes import window_output_hw
 
 
 # Kernels index flat arrays with unsigned offsets: Numba then skips its negative-index
@@ -115,7 +115,7 @@ def _avg_pool_backward_kernel(dy, r_, s_, sh, sw, ph, pw, include_pad, dx):
 def max_pool2d_forward(x, kernel, stride, padding, out=None):
     """x (N, C, H, W) float32 -> (y (N, C, P, Q) float32, argmax (N, C, P, Q) int32)."""
     n, c, h, w = x.shape
-    p, q = window_output_size(h, w, kernel, stride, padding)
+    p, q = window_output_hw(h, w, kernel, stride, padding)
     if out is None:
         out = (np.empty((n, c, p, q), dtype=np.float32), np.empty((n, c, p, q), dtype=np.int32))
     _max_pool_forward_kernel(x, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1],
@@ -133,7 +133,7 @@ def max_pool2d_backward(dy, argmax, x_shape, out=None):
 def avg_pool2d_forward(x, kernel, stride, padding, count_include_pad=True, out=None):
     """x (N, C, H, W) float32 -> y (N, C, P, Q): each window's mean."""
     n, c, h, w = x.shape
-    p, q = window_output_size(h, w, kernel, stride, padding)
+    p, q = window_output_hw(h, w, kernel, stride, padding)
     y = np.empty((n, c, p, q), dtype=np.float32) if out is None else out
     _avg_pool_forward_kernel(x, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1],
                              bool(count_include_pad), y)

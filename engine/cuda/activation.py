@@ -1,80 +1,61 @@
-"""CUDA glue for activations (kernels/activation.cu): check, allocate, launch.
+"""CUDA glue for activations (kernels/activation.cu).
 
-Every op takes the launcher set L (engine.cuda.ext or engine.cuda.rtc) first;
-engine.cuda.make_backend binds it.
+Every row of the elementwise table (engine/reference/activation.py, ELEMENTWISE) has the
+kernels <row>_forward_kernel and <row>_backward_kernel, stamped out by one macro over the
+row's __device__ pair, with one launch description each for all rows: a row adds no code
+here. A row's scalar parameters travel as the kernels' a and b (0 when it has fewer).
 """
 from __future__ import annotations
 
-from engine.cuda import common as c
+import functools
+
+from engine.cuda.common import channels, output, outputs
+from engine.cuda.launch import Kernel, grid_1d
+
+BIAS_RELU_FORWARD = Kernel("activation.cu", "bias_relu_forward_kernel",
+                           "const float* x, const float* b, float* y, i64 n, int channels, i64 hw",
+                           grid=lambda a: grid_1d(a.n))
+BIAS_RELU_BACKWARD = Kernel("activation.cu", "bias_relu_backward_kernel",
+                            "const float* dy, const float* y, float* dx, float* db, int batch, int channels, i64 hw",
+                            grid=lambda a: a.channels)  # one block per channel
 
 
-def _unary(L, op, launcher, x, out, *scalars):
-    x = c.array(op, "x", x)
-    y = c.output(op, out, x.shape)
-    getattr(L, launcher)(x, y, *scalars)
+@functools.lru_cache(maxsize=None)
+def _kernels(row) -> tuple[Kernel, Kernel]:
+    return (Kernel("activation.cu", f"{row.name}_forward_kernel", "const float* x, float* y, float a, float b, i64 n",
+                   grid=lambda a: grid_1d(a.n)),
+            Kernel("activation.cu", f"{row.name}_backward_kernel",
+                   "const float* dy, const float* saved, float* dx, float a, float b, i64 n",
+                   grid=lambda a: grid_1d(a.n)))
+
+
+def _ab(params) -> tuple[float, float]:
+    assert len(params) <= 2, "the elementwise kernels take at most two scalar parameters"
+    a, b = (tuple(float(p) for p in params) + (0.0, 0.0))[:2]
+    return a, b
+
+
+def elementwise_forward(L, row, x, *params, out=None):
+    y = output(out, x.shape)
+    L.launch(_kernels(row)[0], x, y, *_ab(params), x.size)
     return y
 
 
-def _grad(L, op, launcher, dy, other_name, other, out, *scalars):
-    dy = c.array(op, "dy", dy)
-    other = c.array(op, other_name, other)
-    c.same_shape(op, "dy", dy, **{other_name: other})
-    dx = c.output(op, out, dy.shape)
-    getattr(L, launcher)(dy, other, dx, *scalars)
+def elementwise_backward(L, row, dy, saved, *params, out=None):
+    dx = output(out, dy.shape)
+    L.launch(_kernels(row)[1], dy, saved, dx, *_ab(params), dy.size)
     return dx
 
 
-def _channels(op, x, name="x"):
-    if x.ndim < 2:
-        raise ValueError(f"{op}: expected {name} of shape (N, C, ...), got {x.shape}")
-    return x.shape[1]
-
-
-def relu_forward(L, x, out=None):
-    return _unary(L, "relu_forward", "relu_forward", x, out)
-
-
-def relu_backward(L, dy, y, out=None):
-    return _grad(L, "relu_backward", "relu_backward", dy, "y", y, out)
-
-
 def bias_relu_forward(L, x, b, out=None):
-    op = "bias_relu_forward"
-    x = c.array(op, "x", x)
-    b = c.array(op, "b", b, shape=(_channels(op, x),))
-    y = c.output(op, out, x.shape)
-    L.bias_relu_forward(x, b, y)
+    _, c, hw = channels(x)
+    y = output(out, x.shape)
+    L.launch(BIAS_RELU_FORWARD, x, b, y, x.size, c, hw)
     return y
 
 
 def bias_relu_backward(L, dy, y, out=None):
-    op = "bias_relu_backward"
-    dy, y = c.array(op, "dy", dy), c.array(op, "y", y)
-    c.same_shape(op, "dy", dy, y=y)
-    dx, db = c.outputs(op, out, ((dy.shape, "float32"), ((_channels(op, dy, "dy"),), "float32")))
-    L.bias_relu_backward(dy, y, dx, db)
+    n, c, hw = channels(dy)
+    dx, db = outputs(out, ((dy.shape, "float32"), ((c,), "float32")))
+    L.launch(BIAS_RELU_BACKWARD, dy, y, dx, db, n, c, hw)
     return dx, db
-
-
-def leaky_relu_forward(L, x, negative_slope, out=None):
-    return _unary(L, "leaky_relu_forward", "leaky_relu_forward", x, out, float(negative_slope))
-
-
-def leaky_relu_backward(L, dy, x, negative_slope, out=None):
-    return _grad(L, "leaky_relu_backward", "leaky_relu_backward", dy, "x", x, out, float(negative_slope))
-
-
-def sigmoid_forward(L, x, out=None):
-    return _unary(L, "sigmoid_forward", "sigmoid_forward", x, out)
-
-
-def sigmoid_backward(L, dy, y, out=None):
-    return _grad(L, "sigmoid_backward", "sigmoid_backward", dy, "y", y, out)
-
-
-def tanh_forward(L, x, out=None):
-    return _unary(L, "tanh_forward", "tanh_forward", x, out)
-
-
-def tanh_backward(L, dy, y, out=None):
-    return _grad(L, "tanh_backward", "tanh_backward", dy, "y", y, out)

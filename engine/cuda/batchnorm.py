@@ -1,71 +1,73 @@
 """CUDA glue for batch normalisation and the fused BN+ReLU (kernels/batchnorm.cu).
 
-x is (N, C) or (N, C, H, W); statistics per channel. Forward: per-channel statistics
-(training: batch stats + in-place running-stat update; eval: from the running stats),
-then one elementwise pass. Backward: per-channel dgamma/dbeta, then one elementwise pass.
+x is (N, C) or (N, C, H, W), seen by the kernels as (N, C, HW); statistics per channel.
+Forward: per-channel statistics (training: batch stats + in-place running-stat update;
+eval: from the running stats), then one elementwise pass. Backward: per-channel dgamma
+and dbeta, then one elementwise pass. Per-channel kernels run one block per channel.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from engine.cuda import common as c
+from engine.cuda.common import channels, cupy, outputs
+from engine.cuda.launch import Kernel, grid_1d
+
+STATS = Kernel("batchnorm.cu", "batch_norm_stats_kernel",
+               "const float* x, float* save_mean, float* save_invstd, float* running_mean, float* running_var, "
+               "int batch, int channels, i64 hw, float momentum, float eps", grid=lambda a: a.channels)
+EVAL_STATS = Kernel("batchnorm.cu", "batch_norm_eval_stats_kernel",
+                    "const float* running_mean, const float* running_var, float* save_mean, float* save_invstd, "
+                    "int channels, float eps", grid=lambda a: grid_1d(a.channels))
+FORWARD = Kernel("batchnorm.cu", "batch_norm_forward_kernel",
+                 "const float* x, const float* mean, const float* invstd, const float* gamma, const float* beta, "
+                 "float* y, int channels, i64 hw, i64 n, int relu", grid=lambda a: grid_1d(a.n))
+BACKWARD_REDUCE = Kernel("batchnorm.cu", "batch_norm_backward_reduce_kernel",
+                         "const float* dy, const float* y, const float* x, const float* mean, const float* invstd, "
+                         "float* dgamma, float* dbeta, int batch, int channels, i64 hw", grid=lambda a: a.channels)
+BACKWARD = Kernel("batchnorm.cu", "batch_norm_backward_kernel",
+                  "const float* dy, const float* y, const float* x, const float* mean, const float* invstd, "
+                  "const float* gamma, const float* dgamma, const float* dbeta, float* dx, int channels, i64 hw, "
+                  "i64 n, i64 m, int training", grid=lambda a: grid_1d(a.n))
 
 
-def _channel_vector(op, name, v, ch, default):
-    if v is None:
-        return c.cupy().full((ch,), default, dtype=np.float32)
-    return c.array(op, name, v, shape=(ch,))
+def _vector(v, c: int, default: float):
+    return cupy().full((c,), default, dtype=np.float32) if v is None else v
 
 
-def _forward(L, op, relu, x, gamma, beta, running_mean, running_var, training, momentum, eps, out):
-    x = c.array(op, "x", x, ndim=(2, 4))
-    ch = x.shape[1]
-    gamma = _channel_vector(op, "gamma", gamma, ch, 1.0)
-    beta = _channel_vector(op, "beta", beta, ch, 0.0)
-    y, mean, invstd = c.outputs(op, out, ((x.shape, np.float32), ((ch,), np.float32), ((ch,), np.float32)))
+def _forward(L, relu, x, gamma, beta, running_mean, running_var, training, momentum, eps, out):
+    n, c, hw = channels(x)
+    gamma, beta = _vector(gamma, c, 1.0), _vector(beta, c, 0.0)
+    y, mean, invstd = outputs(out, ((x.shape, np.float32), ((c,), np.float32), ((c,), np.float32)))
     if training:
-        if x.size // ch < 2:
-            raise ValueError(f"{op}: training needs more than one value per channel, got input shape {x.shape}")
-        rm = None if running_mean is None else c.array(op, "running_mean", running_mean, shape=(ch,))
-        rv = None if running_var is None else c.array(op, "running_var", running_var, shape=(ch,))
-        L.batch_norm_stats(x, mean, invstd, rm, rv, float(momentum), float(eps))
+        L.launch(STATS, x, mean, invstd, running_mean, running_var, n, c, hw, momentum, eps)
     else:
-        rm = c.array(op, "running_mean", running_mean, shape=(ch,))
-        rv = c.array(op, "running_var", running_var, shape=(ch,))
-        L.batch_norm_eval_stats(rm, rv, mean, invstd, float(eps))
-    L.batch_norm_forward(x, mean, invstd, gamma, beta, y, relu)
+        L.launch(EVAL_STATS, running_mean, running_var, mean, invstd, c, eps)
+    L.launch(FORWARD, x, mean, invstd, gamma, beta, y, c, hw, x.size, int(relu))
     return y, mean, invstd
 
 
-def _backward(L, op, dy, y, x, gamma, save_mean, save_invstd, training, out):
-    x = c.array(op, "x", x, ndim=(2, 4))
-    dy = c.array(op, "dy", dy, shape=x.shape)
-    if y is not None:
-        y = c.array(op, "y", y, shape=x.shape)
-    ch = x.shape[1]
-    gamma = _channel_vector(op, "gamma", gamma, ch, 1.0)
-    mean = c.array(op, "save_mean", save_mean, shape=(ch,))
-    invstd = c.array(op, "save_invstd", save_invstd, shape=(ch,))
-    dx, dgamma, dbeta = c.outputs(op, out, ((x.shape, np.float32), ((ch,), np.float32), ((ch,), np.float32)))
-    L.batch_norm_backward_reduce(dy, y, x, mean, invstd, dgamma, dbeta)
-    L.batch_norm_backward(dy, y, x, mean, invstd, gamma, dgamma, dbeta, dx, bool(training))
+def _backward(L, dy, y, x, gamma, save_mean, save_invstd, training, out):
+    n, c, hw = channels(x)
+    gamma = _vector(gamma, c, 1.0)
+    dx, dgamma, dbeta = outputs(out, ((x.shape, np.float32), ((c,), np.float32), ((c,), np.float32)))
+    L.launch(BACKWARD_REDUCE, dy, y, x, save_mean, save_invstd, dgamma, dbeta, n, c, hw)
+    L.launch(BACKWARD, dy, y, x, save_mean, save_invstd, gamma, dgamma, dbeta, dx, c, hw, x.size, n * hw,
+             int(training))
     return dx, dgamma, dbeta
 
 
 def batch_norm_forward(L, x, gamma, beta, running_mean, running_var, training, momentum, eps, out=None):
-    return _forward(L, "batch_norm_forward", False, x, gamma, beta, running_mean, running_var, training,
-                    momentum, eps, out)
+    return _forward(L, False, x, gamma, beta, running_mean, running_var, training, momentum, eps, out)
 
 
 def batch_norm_backward(L, dy, x, gamma, save_mean, save_invstd, training, out=None):
-    return _backward(L, "batch_norm_backward", dy, None, x, gamma, save_mean, save_invstd, training, out)
+    return _backward(L, dy, None, x, gamma, save_mean, save_invstd, training, out)
 
 
 def batch_norm_relu_forward(L, x, gamma, beta, running_mean, running_var, training, momentum, eps, out=None):
-    return _forward(L, "batch_norm_relu_forward", True, x, gamma, beta, running_mean, running_var, training,
-                    momentum, eps, out)
+    return _forward(L, True, x, gamma, beta, running_mean, running_var, training, momentum, eps, out)
 
 
 def batch_norm_relu_backward(L, dy, y, x, gamma, save_mean, save_invstd, training, out=None):
     """y is the output of batch_norm_relu_forward: dy passes where y > 0."""
-    return _backward(L, "batch_norm_relu_backward", dy, y, x, gamma, save_mean, save_invstd, training, out)
+    return _backward(L, dy, y, x, gamma, save_mean, save_invstd, training, out)

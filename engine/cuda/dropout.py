@@ -2,35 +2,27 @@
 engine/reference/dropout.py, bit for bit, so a seed gives the same mask on every backend."""
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
-from engine.cuda import common as c
+from engine.cuda.common import output, outputs
+from engine.cuda.launch import Kernel, grid_1d
 
-
-def _p(op, p) -> float:
-    p = float(p)
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"{op}: expected 0 <= p < 1, got {p}")
-    return p
+FORWARD = Kernel("dropout.cu", "dropout_forward_kernel", "const float* x, float* y, unsigned char* mask, "
+                 "unsigned long long seed, double p, float scale, i64 n", grid=lambda a: grid_1d(a.n))
+BACKWARD = Kernel("dropout.cu", "dropout_backward_kernel",
+                  "const float* dy, const unsigned char* mask, float* dx, float scale, i64 n",
+                  grid=lambda a: grid_1d(a.n))
 
 
 def dropout_forward(L, x, p, seed, out=None):
     """x -> (y = x * mask / (1 - p), mask uint8)."""
-    op = "dropout_forward"
-    x = c.array(op, "x", x)
-    if not isinstance(seed, (numbers.Integral, np.integer)) or isinstance(seed, bool):
-        raise TypeError(f"{op}: expected an integer seed, got {type(seed).__name__}")
-    y, mask = c.outputs(op, out, ((x.shape, np.float32), (x.shape, np.uint8)))
-    L.dropout_forward(x, y, mask, int(seed) % 2**64, _p(op, p))  # uint64 wrap, as the reference
+    y, mask = outputs(out, ((x.shape, np.float32), (x.shape, np.uint8)))
+    # the seed wraps to uint64, as in the reference
+    L.launch(FORWARD, x, y, mask, int(seed) % 2**64, float(p), 1.0 / (1.0 - p), x.size)
     return y, mask
 
 
 def dropout_backward(L, dy, mask, p, out=None):
-    op = "dropout_backward"
-    dy = c.array(op, "dy", dy)
-    mask = c.array(op, "mask", mask, dtype=np.uint8, shape=dy.shape)
-    dx = c.output(op, out, dy.shape)
-    L.dropout_backward(dy, mask, dx, _p(op, p))
+    dx = output(out, dy.shape)
+    L.launch(BACKWARD, dy, mask, dx, 1.0 / (1.0 - p), dy.size)
     return dx

@@ -1,60 +1,43 @@
-"""CUDA glue for dense layers, bias gradients and add (kernels/gemm.cu, activation.cu)."""
+"""CUDA glue for dense layers (engine/cuda/gemm.py), bias gradients and add (kernels/activation.cu)."""
 from __future__ import annotations
 
-from engine.cuda import common as c
-from engine.cuda.conv import matmul
+from engine import shapes
+from engine.cuda.common import channels, output
+from engine.cuda.gemm import matmul
+from engine.cuda.launch import Kernel, grid_1d
+
+# one block per channel, each summing its N*HW elements in a fixed order
+BIAS_BACKWARD = Kernel("activation.cu", "bias_backward_kernel", "const float* dy, float* db, int batch, "
+                       "int channels, i64 hw", grid=lambda a: a.channels)
+ADD = Kernel("activation.cu", "add_forward_kernel", "const float* a, const float* b, float* c, i64 n",
+             grid=lambda a: grid_1d(a.n))
 
 
 def linear_forward(L, x, w, b, out=None):
     """y (N, O) = x (N, I) @ w (O, I).T + b: one NT GEMM with the bias in its epilogue."""
-    op = "linear_forward"
-    x, w = c.array(op, "x", x, ndim=2), c.array(op, "w", w, ndim=2)
-    if x.shape[1] != w.shape[1]:
-        raise ValueError(f"{op}: input has {x.shape[1]} features but weight {w.shape} expects {w.shape[1]}")
-    if b is not None:
-        b = c.array(op, "b", b, shape=(w.shape[0],))
-    y = c.output(op, out, (x.shape[0], w.shape[0]))
-    matmul(L, x, w, False, True, y, bias=b, bias_axis=1)
-    return y
+    y = output(out, shapes.linear_shape(x.shape, w.shape))
+    return matmul(L, x, w, False, True, y, bias=b, bias_axis=1)
 
 
 def linear_backward_data(L, dy, w, out=None):
     """dx (N, I) = dy (N, O) @ w (O, I)."""
-    op = "linear_backward_data"
-    dy, w = c.array(op, "dy", dy, ndim=2), c.array(op, "w", w, ndim=2)
-    if dy.shape[1] != w.shape[0]:
-        raise ValueError(f"{op}: dy has {dy.shape[1]} features but weight {w.shape} has {w.shape[0]} outputs")
-    dx = c.output(op, out, (dy.shape[0], w.shape[1]))
-    matmul(L, dy, w, False, False, dx)
-    return dx
+    return matmul(L, dy, w, False, False, output(out, (dy.shape[0], w.shape[1])))
 
 
 def linear_backward_weight(L, dy, x, out=None):
     """dw (O, I) = dy (N, O).T @ x (N, I)."""
-    op = "linear_backward_weight"
-    dy, x = c.array(op, "dy", dy, ndim=2), c.array(op, "x", x, ndim=2)
-    if dy.shape[0] != x.shape[0]:
-        raise ValueError(f"{op}: dy has batch {dy.shape[0]} but x has batch {x.shape[0]}")
-    dw = c.output(op, out, (dy.shape[1], x.shape[1]))
-    matmul(L, dy, x, True, False, dw)
-    return dw
+    return matmul(L, dy, x, True, False, output(out, (dy.shape[1], x.shape[1])))
 
 
 def bias_backward(L, dy, out=None):
     """db (C,) = dy summed over every axis but axis 1 (dense and conv biases alike)."""
-    op = "bias_backward"
-    dy = c.array(op, "dy", dy)
-    if dy.ndim < 2:
-        raise ValueError(f"{op}: expected dy of shape (N, C, ...), got {dy.shape}")
-    db = c.output(op, out, (dy.shape[1],))
-    L.bias_backward(dy, db)
+    n, c, hw = channels(dy)
+    db = output(out, (c,))
+    L.launch(BIAS_BACKWARD, dy, db, n, c, hw)
     return db
 
 
 def add(L, a, b, out=None):
-    op = "add"
-    a, b = c.array(op, "a", a), c.array(op, "b", b)
-    c.same_shape(op, "a", a, b=b)
-    y = c.output(op, out, a.shape)  # may be a or b itself: accumulation in place
-    L.add(a, b, y)
+    y = output(out, a.shape)  # may be a or b itself: accumulation in place
+    L.launch(ADD, a, b, y, a.size)
     return y

@@ -2,42 +2,38 @@
 flat float32 parameter array and its gradient and state arrays of the same size."""
 from __future__ import annotations
 
-from engine.cuda import common as c
+import numpy as np
 
+from engine.cuda.launch import Kernel, grid_1d
 
-def _flat(op, param, grad, **state):
-    param = c.array(op, "param", param)
-    grad = c.array(op, "grad", grad)
-    for name, a in [("grad", grad)] + [(k, c.array(op, k, v)) for k, v in state.items() if v is not None]:
-        if a.size != param.size:
-            raise ValueError(f"{op}: expected {name} with {param.size} elements like param, got shape {a.shape}")
-    return param, grad
+_FLAT = dict(grid=lambda a: grid_1d(a.n))
+SGD = Kernel("optim.cu", "sgd_update_kernel", "float* param, const float* grad, float* velocity, float lr, "
+             "float momentum, float weight_decay, int nesterov, i64 n", **_FLAT)
+ADAM = Kernel("optim.cu", "adam_update_kernel", "float* param, const float* grad, float* m, float* v, float lr, "
+              "float beta1, float beta2, float eps, float weight_decay, int decoupled, float bias_correction1, "
+              "float bias_correction2, i64 n", **_FLAT)
+RMSPROP = Kernel("optim.cu", "rmsprop_update_kernel", "float* param, const float* grad, float* square_avg, "
+                 "float lr, float alpha, float eps, float weight_decay, i64 n", **_FLAT)
+ADAGRAD = Kernel("optim.cu", "adagrad_update_kernel", "float* param, const float* grad, float* sum_sq, float lr, "
+                 "float eps, float weight_decay, i64 n", **_FLAT)
 
 
 def sgd_update(L, param, grad, velocity, lr, momentum, weight_decay, nesterov) -> None:
-    op = "sgd_update"
-    param, grad = _flat(op, param, grad, velocity=velocity)
-    if momentum != 0 and velocity is None:
-        raise ValueError(f"{op}: momentum {momentum} needs a velocity array, got None")
-    L.sgd_update(param, grad, velocity, float(lr), float(momentum), float(weight_decay), bool(nesterov))
+    assert momentum == 0 or velocity is not None, "momentum needs a velocity array"
+    L.launch(SGD, param, grad, velocity, lr, momentum, weight_decay, int(nesterov), param.size)
 
 
 def adam_update(L, param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled) -> None:
-    op = "adam_update"
-    if int(step) < 1:
-        raise ValueError(f"{op}: expected step >= 1 (it counts from 1), got {step}")
-    param, grad = _flat(op, param, grad, m=m, v=v)
-    L.adam_update(param, grad, m, v, int(step), float(lr), float(beta1), float(beta2), float(eps),
-                  float(weight_decay), bool(decoupled))
+    # step-dependent scalars in double from the float32 betas, rounded once
+    bias_correction1 = 1.0 - float(np.float32(beta1)) ** int(step)
+    bias_correction2 = 1.0 - float(np.float32(beta2)) ** int(step)
+    L.launch(ADAM, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, int(decoupled), bias_correction1,
+             bias_correction2, param.size)
 
 
 def rmsprop_update(L, param, grad, square_avg, lr, alpha, eps, weight_decay) -> None:
-    op = "rmsprop_update"
-    param, grad = _flat(op, param, grad, square_avg=square_avg)
-    L.rmsprop_update(param, grad, square_avg, float(lr), float(alpha), float(eps), float(weight_decay))
+    L.launch(RMSPROP, param, grad, square_avg, lr, alpha, eps, weight_decay, param.size)
 
 
 def adagrad_update(L, param, grad, sum_sq, lr, eps, weight_decay) -> None:
-    op = "adagrad_update"
-    param, grad = _flat(op, param, grad, sum_sq=sum_sq)
-    L.adagrad_update(param, grad, sum_sq, float(lr), float(eps), float(weight_decay))
+    L.launch(ADAGRAD, param, grad, sum_sq, lr, eps, weight_decay, param.size)

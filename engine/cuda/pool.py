@@ -1,57 +1,62 @@
-"""CUDA glue for 2-D max and average pooling (kernels/pool.cu)."""
+"""CUDA glue for 2-D max and average pooling (kernels/pool.cu). planes = N*C."""
 from __future__ import annotations
 
 import numpy as np
 
-from engine.cuda import common as c
+from engine import shapes
+from engine.cuda.common import output, outputs
+from engine.cuda.launch import Kernel, grid_1d
+
+_WINDOW = "int planes, int H, int W, int kh, int kw, int sh, int sw, int ph, int pw"
 
 
-def _geometry(op, x_shape, kernel, stride, padding):
-    n, ch, h, w = (int(v) for v in x_shape)
-    kernel, stride, padding = (c.pair(op, "kernel", kernel), c.pair(op, "stride", stride),
-                               c.pair(op, "padding", padding))
-    if 2 * padding[0] > kernel[0] or 2 * padding[1] > kernel[1]:
-        raise ValueError(f"{op}: padding {padding} exceeds half the kernel {kernel}")
-    p, q = c.window_output(op, h, w, kernel, stride, padding)
-    return (n, ch, h, w), (n, ch, p, q), (*kernel, *stride, *padding)
+def _outputs_per_plane(a) -> int:
+    p, q = shapes.window_output_hw(a.H, a.W, (a.kh, a.kw), (a.sh, a.sw), (a.ph, a.pw))
+    return p * q
+
+
+MAX_FORWARD = Kernel("pool.cu", "max_pool2d_forward_kernel", "const float* x, float* y, int* argmax, " + _WINDOW,
+                     grid=lambda a: grid_1d(a.planes * _outputs_per_plane(a)))
+MAX_BACKWARD = Kernel("pool.cu", "max_pool2d_backward_kernel",
+                      "const float* dy, const int* argmax, float* dx, int planes, int HW, int PQ",
+                      grid=lambda a: grid_1d(a.planes))  # one thread per plane
+AVG_FORWARD = Kernel("pool.cu", "avg_pool2d_forward_kernel",
+                     "const float* x, float* y, " + _WINDOW + ", int count_include_pad",
+                     grid=lambda a: grid_1d(a.planes * _outputs_per_plane(a)))
+AVG_BACKWARD = Kernel("pool.cu", "avg_pool2d_backward_kernel",
+                      "const float* dy, float* dx, " + _WINDOW + ", int count_include_pad",
+                      grid=lambda a: grid_1d(a.planes * a.H * a.W))
+
+
+def _window(x_shape, kernel, stride, padding) -> tuple:
+    n, c, h, w = x_shape
+    return (n * c, h, w, *kernel, *stride, *padding)
 
 
 def max_pool2d_forward(L, x, kernel, stride, padding, out=None):
     """x (N, C, H, W) -> (y (N, C, P, Q), argmax int32 flat h*W+w in the plane)."""
-    op = "max_pool2d_forward"
-    x = c.array(op, "x", x, ndim=4)
-    _, y_shape, geometry = _geometry(op, x.shape, kernel, stride, padding)
-    y, argmax = c.outputs(op, out, ((y_shape, np.float32), (y_shape, np.int32)))
-    L.max_pool2d_forward(x, y, argmax, *geometry)
+    y_shape = shapes.pool2d_shape(x.shape, kernel, stride, padding)
+    y, argmax = outputs(out, ((y_shape, np.float32), (y_shape, np.int32)))
+    L.launch(MAX_FORWARD, x, y, argmax, *_window(x.shape, kernel, stride, padding))
     return y, argmax
 
 
 def max_pool2d_backward(L, dy, argmax, x_shape, out=None):
     """dx (N, C, H, W): dy added at each argmax, in the reference's order (deterministic)."""
-    op = "max_pool2d_backward"
-    dy = c.array(op, "dy", dy, ndim=4)
-    argmax = c.array(op, "argmax", argmax, dtype=np.int32, shape=dy.shape)
-    n, ch, h, w = (int(v) for v in x_shape)
-    if (n, ch) != tuple(dy.shape[:2]):
-        raise ValueError(f"{op}: dy {dy.shape} and x_shape {tuple(x_shape)} differ in N or C")
-    dx = c.output(op, out, (n, ch, h, w))
-    L.max_pool2d_backward(dy, argmax, dx)
+    dx = output(out, x_shape)
+    dx.fill(0)  # the kernel adds into dx: cells that no window chose stay zero
+    n, c, h, w = x_shape
+    L.launch(MAX_BACKWARD, dy, argmax, dx, n * c, h * w, dy.shape[2] * dy.shape[3])
     return dx
 
 
 def avg_pool2d_forward(L, x, kernel, stride, padding, count_include_pad=True, out=None):
-    op = "avg_pool2d_forward"
-    x = c.array(op, "x", x, ndim=4)
-    _, y_shape, geometry = _geometry(op, x.shape, kernel, stride, padding)
-    y = c.output(op, out, y_shape)
-    L.avg_pool2d_forward(x, y, *geometry, bool(count_include_pad))
+    y = output(out, shapes.pool2d_shape(x.shape, kernel, stride, padding))
+    L.launch(AVG_FORWARD, x, y, *_window(x.shape, kernel, stride, padding), int(count_include_pad))
     return y
 
 
 def avg_pool2d_backward(L, dy, x_shape, kernel, stride, padding, count_include_pad=True, out=None):
-    op = "avg_pool2d_backward"
-    x_shape, y_shape, geometry = _geometry(op, x_shape, kernel, stride, padding)
-    dy = c.array(op, "dy", dy, shape=y_shape)
-    dx = c.output(op, out, x_shape)
-    L.avg_pool2d_backward(dy, dx, *geometry, bool(count_include_pad))
+    dx = output(out, x_shape)
+    L.launch(AVG_BACKWARD, dy, dx, *_window(x_shape, kernel, stride, padding), int(count_include_pad))
     return dx

@@ -1,14 +1,73 @@
-"""Activations, the spec: float64 NumPy, one line of math per op.
+"""Activations, the spec: float64 NumPy.
 
-Every function computes in float64 whatever dtype it is given and returns float64,
-or writes (cast) into ``out=`` and returns ``out``. Shapes: any; ``bias_relu`` takes
-x of rank 2 (N, C) or 4 (N, C, H, W) with b (C,) broadcast along axis 1.
-Backward ops that take ``y`` use the forward output, so the executor need not keep x.
+Elementwise activations are rows of one table, ELEMENTWISE. A row gives an activation's
+float64 formulas forward and backward (the spec), the same math for one element (compiled
+by Numba for the CPU path; the CUDA pair of __device__ functions of the same name lives in
+kernels/activation.cu), what its backward takes (the forward's output y, which the
+executor keeps anyway, or its input x), its scalar parameters and its PyTorch counterpart.
+Every row becomes two ops, <name>_forward(x, *params) and <name>_backward(dy, y or x,
+*params), served by one generic kernel per backend; see CONTRIBUTING.md to add one.
+
+Shapes: any. The ops compute in float64 whatever dtype they are given and return float64,
+or write (cast) into ``out=`` and return ``out``. bias_relu is not elementwise (the bias
+is added along axis 1: x (N, C) or (N, C, H, W), b (C,)) and has functions of its own.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from engine.cards import LIKE_INPUT, Elementwise, OpCard, Tensor, like_arg, normal
+
+
+def _sigmoid(x):
+    # 1 / (1 + e^-x) overflows e^-x for x << 0; with e = e^-|x| <= 1 both branches are safe:
+    # x >= 0: 1 / (1 + e),   x < 0: e / (1 + e)  (= e^x / (1 + e^x))
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0, e) / (1.0 + e)
+
+
+def _sigmoid_scalar(x):
+    e = np.exp(-abs(x))  # <= 1: no overflow for any |x|
+    return (1 if x >= 0 else e) / (1 + e)
+
+
+# The rows. NaN passes through relu (as np.maximum and torch.relu): a NaN activation must
+# reach the loss, where training stops on it. The subgradient at 0 is 0, as PyTorch's.
+ELEMENTWISE = [
+    Elementwise("relu",
+                forward=lambda x: np.maximum(x, 0.0),
+                backward=lambda dy, y: dy * (y > 0),   # y > 0 exactly where x > 0
+                scalar_forward=lambda x: 0.0 if x <= 0 else x,
+                scalar_backward=lambda dy, y: dy if y > 0 else 0.0,
+                torch_forward=lambda T, x: T.F.relu(x),
+                torch_backward=lambda T, dy, y: T.aten.threshold_backward(dy, y, 0)),
+    Elementwise("leaky_relu", saves="x", params=("negative_slope",), example=(0.01,),
+                forward=lambda x, slope: np.where(x > 0, x, slope * x),
+                backward=lambda dy, x, slope: dy * np.where(x > 0, 1.0, slope),
+                scalar_forward=lambda x, slope: x if x > 0 else slope * x,
+                scalar_backward=lambda dy, x, slope: dy if x > 0 else slope * dy,
+                torch_forward=lambda T, x, slope: T.F.leaky_relu(x, slope),
+                torch_backward=lambda T, dy, x, slope: T.aten.leaky_relu_backward(dy, x, slope, False)),
+    Elementwise("sigmoid", scale=3.0,
+                forward=_sigmoid,
+                backward=lambda dy, y: dy * y * (1.0 - y),
+                scalar_forward=_sigmoid_scalar,
+                scalar_backward=lambda dy, y: dy * y * (1 - y),
+                torch_forward=lambda T, x: T.torch.sigmoid(x),
+                torch_backward=lambda T, dy, y: T.aten.sigmoid_backward(dy, y)),
+    Elementwise("tanh", scale=2.0,
+                forward=np.tanh,
+                backward=lambda dy, y: dy * (1.0 - y * y),
+                scalar_forward=lambda x: np.tanh(x),
+                scalar_backward=lambda dy, y: dy * (1 - y * y),
+                torch_forward=lambda T, x: T.torch.tanh(x),
+                torch_backward=lambda T, dy, y: T.aten.tanh_backward(dy, y)),
+]
+ROWS = {row.name: row for row in ELEMENTWISE}
+
+
+# --------------------------------------------------------------------------------------
+# bias_relu: relu(x + b), b along axis 1 -- the fused tail of a conv or dense layer.
 
 def _f64(a) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
@@ -27,15 +86,6 @@ def _along_axis1(b: np.ndarray, ndim: int) -> np.ndarray:
     return b.reshape((1, -1) + (1,) * (ndim - 2))
 
 
-def relu_forward(x, out=None):
-    return _into(out, np.maximum(_f64(x), 0.0))
-
-
-def relu_backward(dy, y, out=None):
-    # y > 0 exactly where x > 0; the subgradient at 0 is taken as 0 (as PyTorch)
-    return _into(out, _f64(dy) * (_f64(y) > 0))
-
-
 def bias_relu_forward(x, b, out=None):
     x = _f64(x)
     return _into(out, np.maximum(x + _along_axis1(_f64(b), x.ndim), 0.0))
@@ -49,32 +99,26 @@ def bias_relu_backward(dy, y, out=None):
     return _into(out[0], dx), _into(out[1], db)
 
 
-def leaky_relu_forward(x, negative_slope, out=None):
-    x = _f64(x)
-    return _into(out, np.where(x > 0, x, negative_slope * x))
+# --------------------------------------------------------------------------------------
+# Cards (engine.cards): the rows' two each, and bias_relu's.
+
+def _bias_relu_backward_inputs(rng, s: Tensor):
+    y = bias_relu_forward(normal(rng, s.shape), normal(rng, (s.shape[1],)))
+    return normal(rng, s.shape), y.astype(np.float32)
 
 
-def leaky_relu_backward(dy, x, negative_slope, out=None):
-    return _into(out, _f64(dy) * np.where(_f64(x) > 0, 1.0, negative_slope))
+def _torch_bias_relu_backward(T, dy, y):
+    def bias_relu_backward():
+        dx = T.aten.threshold_backward(dy, y, 0)
+        return dx, dx.sum(dim=[a for a in range(dx.ndim) if a != 1])
+    return bias_relu_backward
 
 
-def sigmoid_forward(x, out=None):
-    # 1 / (1 + e^-x) overflows e^-x for x << 0; with e = e^-|x| <= 1 both branches are safe:
-    # x >= 0: 1 / (1 + e),   x < 0: e / (1 + e)  (= e^x / (1 + e^x))
-    x = _f64(x)
-    e = np.exp(-np.abs(x))
-    return _into(out, np.where(x >= 0, 1.0, e) / (1.0 + e))
-
-
-def sigmoid_backward(dy, y, out=None):
-    y = _f64(y)
-    return _into(out, _f64(dy) * y * (1.0 - y))
-
-
-def tanh_forward(x, out=None):
-    return _into(out, np.tanh(_f64(x)))
-
-
-def tanh_backward(dy, y, out=None):
-    y = _f64(y)
-    return _into(out, _f64(dy) * (1.0 - y * y))
+CARDS = [card for row in ELEMENTWISE for card in row.cards()] + [
+    OpCard("bias_relu_forward", bias_relu_forward, Tensor,
+           lambda r, s: (normal(r, s.shape), normal(r, (s.shape[1],))), ("y",), like_arg(0), "activation",
+           torch=lambda T, x, b: lambda: T.F.relu(x + b.view((1, -1) + (1,) * (x.ndim - 2)))),
+    OpCard("bias_relu_backward", bias_relu_backward, Tensor, _bias_relu_backward_inputs, ("dx", "db"),
+           lambda dy, y: ((dy.shape, LIKE_INPUT), ((dy.shape[1],), LIKE_INPUT)), "activation",
+           torch=_torch_bias_relu_backward),
+]

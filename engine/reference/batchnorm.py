@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.cards import LIKE_INPUT, OpCard, Tensor, normal
+
 
 def _f64(a) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
@@ -93,3 +95,66 @@ def batch_norm_relu_backward(dy, y, x, gamma, save_mean, save_invstd, training, 
     """y is the output of batch_norm_relu_forward: the ReLU passes dy where y > 0."""
     dz = _f64(dy) * (_f64(y) > 0)
     return batch_norm_backward(dz, x, gamma, save_mean, save_invstd, training, out=out)
+
+
+# --------------------------------------------------------------------------------------
+# Cards (engine.cards). running_mean and running_var (args 3 and 4) are updated in place.
+
+def _forward_inputs(rng, s: Tensor):
+    c = s.shape[1]
+    x = normal(rng, s.shape, 2.0, 0.5)
+    gamma, beta = normal(rng, (c,), 0.5, 1.0), normal(rng, (c,), 0.5)
+    running_mean = normal(rng, (c,), 0.1)
+    running_var = rng.uniform(0.5, 1.5, c).astype(np.float32)
+    return x, gamma, beta, running_mean, running_var, s.training, 0.1, 1e-5
+
+
+def _backward_inputs(relu: bool):
+    def make(rng, s: Tensor):
+        x, gamma, beta, rm, rv, training, momentum, eps = _forward_inputs(rng, s)
+        forward = batch_norm_relu_forward if relu else batch_norm_forward
+        y, mean, invstd = (a.astype(np.float32) for a in forward(x, gamma, beta, rm, rv, training, momentum, eps))
+        dy = normal(rng, s.shape)
+        return (dy, y, x, gamma, mean, invstd, training) if relu else (dy, x, gamma, mean, invstd, training)
+    return make
+
+
+def _forward_shapes(x, *_):
+    c = (x.shape[1],)
+    return (x.shape, LIKE_INPUT), (c, LIKE_INPUT), (c, LIKE_INPUT)
+
+
+def _backward_shapes(dy, *_):
+    c = (dy.shape[1],)
+    return (dy.shape, LIKE_INPUT), (c, LIKE_INPUT), (c, LIKE_INPUT)
+
+
+def _torch_forward(relu: bool):
+    def counterpart(T, x, gamma, beta, rm, rv, training, momentum, eps):
+        if relu:
+            return lambda: T.F.relu(T.F.batch_norm(x, rm, rv, gamma, beta, training, momentum, eps))
+        return lambda: T.F.batch_norm(x, rm, rv, gamma, beta, training, momentum, eps)
+    return counterpart
+
+
+def _torch_backward(T, dy, x, gamma, mean, invstd, training):
+    return lambda: T.aten.native_batch_norm_backward(dy, x, gamma, None, None, mean, invstd, training, 1e-5,
+                                                     (True, True, True))
+
+
+def _torch_relu_backward(T, dy, y, x, gamma, mean, invstd, training):
+    return lambda: T.aten.native_batch_norm_backward(T.aten.threshold_backward(dy, y, 0), x, gamma, None, None,
+                                                     mean, invstd, training, 1e-5, (True, True, True))
+
+
+_STATS = ("y", "save_mean", "save_invstd", "running_mean", "running_var")
+CARDS = [
+    OpCard("batch_norm_forward", batch_norm_forward, Tensor, _forward_inputs, _STATS, _forward_shapes,
+           "batchnorm", inplace=(3, 4), torch=_torch_forward(False)),
+    OpCard("batch_norm_backward", batch_norm_backward, Tensor, _backward_inputs(False), ("dx", "dgamma", "dbeta"),
+           _backward_shapes, "batchnorm", torch=_torch_backward),
+    OpCard("batch_norm_relu_forward", batch_norm_relu_forward, Tensor, _forward_inputs, _STATS, _forward_shapes,
+           "batchnorm", inplace=(3, 4), torch=_torch_forward(True)),
+    OpCard("batch_norm_relu_backward", batch_norm_relu_backward, Tensor, _backward_inputs(True),
+           ("dx", "dgamma", "dbeta"), _backward_shapes, "batchnorm", torch=_torch_relu_backward),
+]

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.cards import LIKE_INPUT, OpCard, Tensor, like_arg, normal
+
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 MIX2 = np.uint64(0x94D049BB133111EB)
@@ -57,3 +59,22 @@ def dropout_backward(dy, mask, p, out=None):
         return dx
     out[...] = dx
     return out
+
+
+# --------------------------------------------------------------------------------------
+# Cards (engine.cards). PyTorch draws its masks from another generator: its counterparts
+# time the same work, not the same bits.
+
+def _backward_inputs(rng, s: Tensor):
+    _, mask = dropout_forward(np.zeros(s.shape, np.float32), s.p, 1234)
+    return normal(rng, s.shape), mask, s.p
+
+
+CARDS = [
+    OpCard("dropout_forward", dropout_forward, Tensor, lambda r, s: (normal(r, s.shape), s.p, 1234), ("y", "mask"),
+           lambda x, p, seed: ((x.shape, LIKE_INPUT), (x.shape, np.uint8)), "dropout",
+           torch=lambda T, x, p, seed: lambda: T.aten.native_dropout(x, p, True)),
+    OpCard("dropout_backward", dropout_backward, Tensor, _backward_inputs, ("dx",), like_arg(0), "dropout",
+           torch=lambda T, dy, mask, p: (lambda keep: lambda: T.aten.native_dropout_backward(dy, keep, 1 / (1 - p)))(
+               mask.bool())),
+]

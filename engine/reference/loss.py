@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.cards import LIKE_INPUT, Loss, OpCard, like_arg, normal
+
 
 def _check_labels(labels: np.ndarray, n: int, k: int) -> None:
-    # NumPy would wrap a negative label around silently; a wrong class is never silent here
-    if labels.shape != (n,):
-        raise ValueError(f"softmax_cross_entropy_forward: expected labels of shape ({n},), got {labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() >= k):
-        raise ValueError(f"softmax_cross_entropy_forward: expected labels in [0, {k}), "
-                         f"got values in [{labels.min()}, {labels.max()}]")
+    # NumPy would wrap a negative label around silently: asserted, though engine.checks has
+    # refused such labels before any backend runs
+    assert labels.shape == (n,), f"softmax_cross_entropy_forward: expected labels of shape ({n},), got {labels.shape}"
+    assert not labels.size or (labels.min() >= 0 and labels.max() < k), \
+        f"softmax_cross_entropy_forward: expected labels in [0, {k}), got values in [{labels.min()}, {labels.max()}]"
 
 
 def softmax_cross_entropy_forward(logits, labels, out=None):
@@ -61,3 +62,33 @@ def mse_loss_backward(pred, target, dloss, out=None):
         return dpred
     out[...] = dpred
     return out
+
+
+# --------------------------------------------------------------------------------------
+# Cards (engine.cards). Labels are int64, as NumPy and PyTorch index with.
+
+def _torch_cross_entropy(T, logits, labels):
+    one = T.torch.ones((), device=T.device)
+
+    def forward_and_backward():  # the kernels eager autograd runs for F.cross_entropy
+        logp = T.aten._log_softmax(logits, 1, False)
+        loss, total_weight = T.aten.nll_loss_forward(logp, labels, None, 1, -100)
+        dlogp = T.aten.nll_loss_backward(one, logp, labels, None, 1, -100, total_weight)
+        return loss, T.aten._log_softmax_backward_data(dlogp, logp, 1, logits.dtype)
+    return forward_and_backward
+
+
+CARDS = [
+    OpCard("softmax_cross_entropy_forward", softmax_cross_entropy_forward, Loss,
+           lambda r, s: (normal(r, (s.n, s.classes), 3.0), r.integers(0, s.classes, s.n).astype(np.int64)),
+           ("loss", "dlogits"), lambda logits, labels: (((), LIKE_INPUT), (logits.shape, LIKE_INPUT)), "loss",
+           torch=_torch_cross_entropy),
+    OpCard("mse_loss_forward", mse_loss_forward, Loss,
+           lambda r, s: (normal(r, (s.n, s.classes)), normal(r, (s.n, s.classes))), ("loss",),
+           lambda pred, target: (((), LIKE_INPUT),), "loss",
+           torch=lambda T, pred, target: lambda: T.F.mse_loss(pred, target)),
+    OpCard("mse_loss_backward", mse_loss_backward, Loss,
+           lambda r, s: (normal(r, (s.n, s.classes)), normal(r, (s.n, s.classes)), np.array(0.7, np.float32)),
+           ("dpred",), like_arg(0), "loss",
+           torch=lambda T, pred, target, dloss: lambda: T.aten.mse_loss_backward(dloss, pred, target, 1)),
+]

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.cards import Flat, OpCard, normal
+
 
 def _f64(a) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
@@ -34,8 +36,7 @@ def sgd_update(param, grad, velocity, lr, momentum, weight_decay, nesterov) -> N
 
 
 def adam_update(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled) -> None:
-    if step < 1:
-        raise ValueError(f"adam_update: expected step >= 1 (it counts from 1), got {step}")
+    assert step >= 1, f"adam_update: expected step >= 1 (it counts from 1), got {step}"
     p, g = _f64(param), _f64(grad)
     if decoupled:
         p = p * (1.0 - lr * weight_decay)  # AdamW: decay the weights, not the gradient
@@ -64,3 +65,68 @@ def adagrad_update(param, grad, sum_sq, lr, eps, weight_decay) -> None:
     s = _f64(sum_sq) + g * g
     sum_sq[...] = s
     param[...] = p - lr * g / (np.sqrt(s) + eps)
+
+
+# --------------------------------------------------------------------------------------
+# Cards (engine.cards): in place, nothing returned. variant 1 turns on the other switches.
+
+def _sgd_inputs(rng, s: Flat):
+    p, g, v = normal(rng, s.numel), normal(rng, s.numel), normal(rng, s.numel, 0.1)
+    if s.variant:
+        return p, g, v, 0.05, 0.9, 1e-4, True  # nesterov with weight decay
+    return p, g, v, 0.01, 0.9, 0.0, False
+
+
+def _adam_inputs(rng, s: Flat):
+    p, g = normal(rng, s.numel), normal(rng, s.numel)
+    m = normal(rng, s.numel, 0.1)
+    v = rng.uniform(0.0, 0.1, s.numel).astype(np.float32)  # a second moment is never negative
+    if s.variant:
+        return p, g, m, v, 1, 1e-3, 0.9, 0.999, 1e-8, 1e-2, True  # AdamW, first step
+    return p, g, m, v, 7, 1e-3, 0.9, 0.999, 1e-8, 0.0, False
+
+
+def _rmsprop_inputs(rng, s: Flat):
+    p, g = normal(rng, s.numel), normal(rng, s.numel)
+    sq = rng.uniform(0.0, 0.1, s.numel).astype(np.float32)
+    return p, g, sq, 1e-3, 0.99, 1e-8, (1e-4 if s.variant else 0.0)
+
+
+def _adagrad_inputs(rng, s: Flat):
+    p, g = normal(rng, s.numel), normal(rng, s.numel)
+    sum_sq = rng.uniform(0.0, 1.0, s.numel).astype(np.float32)
+    return p, g, sum_sq, 1e-2, 1e-10, (1e-4 if s.variant else 0.0)
+
+
+def _torch_step(make_optimizer):
+    """One torch.optim step over one flat parameter with our hyperparameters (PyTorch's default
+    implementation for the device: foreach on CUDA)."""
+    def counterpart(T, param, grad, *rest):
+        param = param.clone().requires_grad_(False)
+        param.grad = grad.clone()
+        opt = make_optimizer(T.torch.optim, param, *rest)
+        opt.step()  # creates the state (momentum buffers, moments) outside the timed calls
+        return opt.step
+    return counterpart
+
+
+def _no_outputs(*args):
+    return ()
+
+
+CARDS = [
+    OpCard("sgd_update", sgd_update, Flat, _sgd_inputs, ("param", "velocity"), _no_outputs, "optim", inplace=(0, 2),
+           torch=_torch_step(lambda o, p, v, lr, momentum, wd, nesterov:
+                             o.SGD([p], lr=lr, momentum=momentum, weight_decay=wd, nesterov=nesterov))),
+    OpCard("adam_update", adam_update, Flat, _adam_inputs, ("param", "m", "v"), _no_outputs, "optim",
+           inplace=(0, 2, 3),
+           torch=_torch_step(lambda o, p, m, v, step, lr, b1, b2, eps, wd, decoupled:
+                             (o.AdamW if decoupled else o.Adam)([p], lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd))),
+    OpCard("rmsprop_update", rmsprop_update, Flat, _rmsprop_inputs, ("param", "square_avg"), _no_outputs, "optim",
+           inplace=(0, 2),
+           torch=_torch_step(lambda o, p, sq, lr, alpha, eps, wd:
+                             o.RMSprop([p], lr=lr, alpha=alpha, eps=eps, weight_decay=wd))),
+    OpCard("adagrad_update", adagrad_update, Flat, _adagrad_inputs, ("param", "sum_sq"), _no_outputs, "optim",
+           inplace=(0, 2),
+           torch=_torch_step(lambda o, p, s, lr, eps, wd: o.Adagrad([p], lr=lr, eps=eps, weight_decay=wd))),
+]

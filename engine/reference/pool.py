@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.reference.conv import output_size
+from engine import shapes
+from engine.cards import LIKE_INPUT, OpCard, Pool, normal, one_output
+from engine.shapes import window_output_hw
 
 
 def _windows(h: int, w: int, kernel, stride, padding):
     """Yield (r, s, rows, cols): for kernel tap (r, s), the input row of each output row p
     and the input column of each output column q (unpadded coordinates, may be out of bounds)."""
     (r_, s_), (sh, sw), (ph, pw) = kernel, stride, padding
-    p, q = output_size(h, w, kernel, stride, padding)
+    p, q = window_output_hw(h, w, kernel, stride, padding)
     for r in range(r_):
         for s in range(s_):
             yield r, s, np.arange(p) * sh + r - ph, np.arange(q) * sw + s - pw
@@ -47,7 +49,7 @@ def max_pool2d_forward(x, kernel, stride, padding, out=None):
     """x (N, C, H, W) -> (y (N, C, P, Q) float64, argmax (N, C, P, Q) int32)."""
     x = np.asarray(x, dtype=np.float64)
     n, c, h, w = x.shape
-    p, q = output_size(h, w, kernel, stride, padding)
+    p, q = window_output_hw(h, w, kernel, stride, padding)
     (sh, sw), (ph, pw) = stride, padding
     y = np.full((n, c, p, q), -np.inf)
     # each window's first in-bounds cell: the argmax if nothing beats -inf
@@ -80,7 +82,7 @@ def max_pool2d_backward(dy, argmax, x_shape, out=None):
 
 def _divisor(h, w, kernel, stride, padding, count_include_pad) -> np.ndarray:
     """(P, Q) count each window's sum is divided by."""
-    p, q = output_size(h, w, kernel, stride, padding)
+    p, q = window_output_hw(h, w, kernel, stride, padding)
     if count_include_pad:
         return np.full((p, q), float(kernel[0] * kernel[1]))
     count = np.zeros((p, q))
@@ -95,7 +97,7 @@ def avg_pool2d_forward(x, kernel, stride, padding, count_include_pad=True, out=N
     n, c, h, w = x.shape
     (ph, pw) = padding
     xpad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    p, q = output_size(h, w, kernel, stride, padding)
+    p, q = window_output_hw(h, w, kernel, stride, padding)
     total = np.zeros((n, c, p, q))
     for _, _, rows, cols in _windows(h, w, kernel, stride, padding):
         total += xpad[:, :, rows + ph][:, :, :, cols + pw]
@@ -112,3 +114,45 @@ def avg_pool2d_backward(dy, x_shape, kernel, stride, padding, count_include_pad=
         # within one tap every window meets a different cell, so a plain += sums correctly
         dxpad[:, :, (rows + ph)[:, None], (cols + pw)[None, :]] += share
     return _deliver(dxpad[:, :, ph:ph + h, pw:pw + w], out)
+
+
+# --------------------------------------------------------------------------------------
+# Cards (engine.cards).
+
+def _max_pool_backward_inputs(rng, s: Pool):
+    _, argmax = max_pool2d_forward(normal(rng, s.x), s.kernel, s.stride, s.padding)
+    return normal(rng, s.y), argmax, s.x
+
+
+def _pooled(x, kernel, stride, padding, *_):
+    return shapes.pool2d_shape(x.shape, kernel, stride, padding)
+
+
+def _torch_max_pool_backward(T, dy, argmax, x_shape):
+    x, indices, pool = T.empty(x_shape), argmax.long(), T.record  # aten wants int64 indices
+    return lambda: T.aten.max_pool2d_with_indices_backward(dy, x, pool.kernel, pool.stride, pool.padding,
+                                                           (1, 1), False, indices)
+
+
+def _torch_avg_pool_backward(T, dy, x_shape, kernel, stride, padding, count_include_pad):
+    x = T.empty(x_shape)
+    return lambda: T.aten.avg_pool2d_backward(dy, x, kernel, stride, padding, False, count_include_pad, None)
+
+
+CARDS = [
+    OpCard("max_pool2d_forward", max_pool2d_forward, Pool,
+           lambda r, s: (normal(r, s.x), s.kernel, s.stride, s.padding), ("y", "argmax"),
+           lambda *args: ((_pooled(*args), LIKE_INPUT), (_pooled(*args), np.int32)), "pool",
+           torch=lambda T, x, kernel, stride, padding:
+           lambda: T.F.max_pool2d(x, kernel, stride, padding, return_indices=True)),
+    OpCard("max_pool2d_backward", max_pool2d_backward, Pool, _max_pool_backward_inputs, ("dx",),
+           lambda dy, argmax, x_shape: ((x_shape, LIKE_INPUT),), "pool", torch=_torch_max_pool_backward),
+    OpCard("avg_pool2d_forward", avg_pool2d_forward, Pool,
+           lambda r, s: (normal(r, s.x), s.kernel, s.stride, s.padding, s.count_include_pad), ("y",),
+           one_output(_pooled), "pool",
+           torch=lambda T, x, kernel, stride, padding, cip:
+           lambda: T.F.avg_pool2d(x, kernel, stride, padding, count_include_pad=cip)),
+    OpCard("avg_pool2d_backward", avg_pool2d_backward, Pool,
+           lambda r, s: (normal(r, s.y), s.x, s.kernel, s.stride, s.padding, s.count_include_pad), ("dx",),
+           lambda dy, x_shape, *_: ((x_shape, LIKE_INPUT),), "pool", torch=_torch_avg_pool_backward),
+]

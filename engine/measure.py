@@ -1,0 +1,209 @@
+"""How we measure, in one place (../shared/BENCHMARKING.md, benchmarks/README.md): what a
+result was measured on; ours and PyTorch's alternating on the CPU, with the median ratio;
+CUDA events with an L2 flush and the median of >= 50 repeats on the GPU; the measured
+ceilings (copy bandwidth, cuBLAS SGEMM) that rates are quoted against; and the results
+files, benchmarks/results/<date>-<device>.md and .json. engine/bench.py runs the suites."""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+
+
+# --------------------------------------------------------------------------------------
+# What it ran on.
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except Exception:
+        return None
+
+
+def environment(command: str | None = None) -> dict:
+    """Versions and hardware, GPU fields None where there is none."""
+    env = {
+        "date": datetime.date.today().isoformat(),
+        "command": command if command is not None else " ".join([Path(sys.executable).name] + sys.argv),
+        "python": platform.python_version(), "numpy": np.__version__, "numba": _version("numba"),
+        "torch": _version("torch"), "cpu": _cpu_model(), "cpu_cores": os.cpu_count(),
+        "gpu": None, "driver": None, "cuda_runtime": None, "cupy": _version("cupy"), "cudnn": None,
+        # other processes competing for the cores make CPU times meaningless: say how busy it was
+        "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    try:
+        import torch
+        env["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            env["cudnn"] = torch.backends.cudnn.version()
+    except Exception:
+        pass
+    if gpu_available():
+        import cupy
+        runtime = cupy.cuda.runtime
+        props = runtime.getDeviceProperties(cupy.cuda.Device().id)
+        name = props["name"]
+        env["gpu"] = name.decode() if isinstance(name, bytes) else str(name)
+        env["driver"] = _cuda_version_string(runtime.driverGetVersion())
+        env["cuda_runtime"] = _cuda_version_string(runtime.runtimeGetVersion())
+        env["l2_bytes"] = int(props["l2CacheSize"])
+    return env
+
+
+def _cuda_version_string(v: int) -> str:
+    return f"{v // 1000}.{(v % 1000) // 10}"
+
+
+def gpu_available() -> bool:
+    from engine.validate import cuda_status
+    gpu, _, _ = cuda_status()
+    return gpu
+
+
+def torch_or_none():
+    try:
+        import torch
+        return torch
+    except ImportError:
+        return None
+
+
+# --------------------------------------------------------------------------------------
+# Timing on the CPU: ours and PyTorch's alternate, each a median over repeats.
+
+
+def _time_once(fn: Callable, inner: int) -> float:
+    start = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    return (time.perf_counter() - start) / inner
+
+
+def compare_cpu(ours: Callable, theirs: Callable | None, repeats: int = 7,
+                min_seconds: float = 0.02) -> dict:
+    """Median seconds per call of ours and theirs, run alternately (which goes first flips
+    every repeat, so drift from a noisy neighbour hits both), and the median of the
+    per-repeat ratios ours/theirs. Both are called once first: Numba compiles, caches warm."""
+    ours()
+    if theirs is not None:
+        theirs()
+    # enough calls per measurement that one measurement is not dominated by timer noise
+    inner = max(1, int(min_seconds / max(_time_once(ours, 1), 1e-7)))
+    t_ours, t_theirs, ratios = [], [], []
+    for i in range(repeats):
+        pair = [(ours, t_ours), (theirs, t_theirs)] if i % 2 == 0 else [(theirs, t_theirs), (ours, t_ours)]
+        for fn, sink in pair:
+            if fn is not None:
+                sink.append(_time_once(fn, inner))
+        if theirs is not None:
+            ratios.append(t_ours[-1] / t_theirs[-1])
+    return {"ours_s": statistics.median(t_ours),
+            "torch_s": statistics.median(t_theirs) if t_theirs else None,
+            "ratio": statistics.median(ratios) if ratios else None,
+            "repeats": repeats, "calls_per_repeat": inner}
+
+
+# --------------------------------------------------------------------------------------
+# Timing on the GPU: CUDA events, L2 flushed before every repeat, median.
+
+
+class GpuTimer:
+    """Times a callable that launches GPU work on the default stream (ours via CuPy, PyTorch's
+    on its default stream, which is the same legacy default stream)."""
+
+    def __init__(self, repeats: int = 50, warmup: int = 3):
+        import cupy
+        self.cupy, self.repeats, self.warmup = cupy, max(50, repeats), warmup
+        l2 = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["l2CacheSize"]
+        # writing twice the L2 size evicts whatever the timed op could have found there
+        self.flush_buffer = cupy.empty(max(2 * int(l2), 1 << 22) // 4, dtype=cupy.float32)
+        self.start, self.end = cupy.cuda.Event(), cupy.cuda.Event()
+
+    def __call__(self, fn: Callable) -> float:
+        """Median seconds of fn() over self.repeats, each after an L2 flush."""
+        cupy = self.cupy
+        for _ in range(self.warmup):  # module load, NVRTC compile, cuBLAS handles stay out
+            fn()
+        cupy.cuda.Device().synchronize()
+        times = []
+        for _ in range(self.repeats):
+            self.flush_buffer.fill(0)
+            self.start.record()
+            fn()
+            self.end.record()
+            self.end.synchronize()
+            times.append(cupy.cuda.get_elapsed_time(self.start, self.end) / 1e3)
+        return statistics.median(times)
+
+
+def gpu_ceilings(timer: GpuTimer) -> dict:
+    """The measured roofs: device-to-device copy bandwidth (bytes read + written per second)
+    over 1 GiB, and the cuBLAS SGEMM rate at 8192^3 (FP32, no TF32)."""
+    cupy = timer.cupy
+    src = cupy.random.standard_normal(1 << 28, dtype=cupy.float32)  # 1 GiB
+    dst = cupy.empty_like(src)
+    copy = timer(lambda: dst.data.copy_from_device_async(src.data, src.nbytes))
+    del src, dst
+    n = 8192
+    a = cupy.random.standard_normal((n, n), dtype=cupy.float32)
+    b = cupy.random.standard_normal((n, n), dtype=cupy.float32)
+    c = cupy.empty((n, n), dtype=cupy.float32)
+    sgemm = timer(lambda: cupy.matmul(a, b, out=c))
+    return {"copy_GBps": 2 * (1 << 30) / copy / 1e9, "sgemm_TFLOPs": 2.0 * n ** 3 / sgemm / 1e12,
+            "copy_bytes": 1 << 30, "sgemm_n": n}
+
+
+# --------------------------------------------------------------------------------------
+# Results files.
+
+
+def results_markdown(env: dict, sections: list[tuple[str, str, list[str]]]) -> str:
+    lines = [f"# Benchmark results {env['date']} on {env.get('gpu') or env['cpu']}", "",
+             f"Command: `{env['command']}`", "", "| what | version |", "| --- | --- |"]
+    for key in ("cpu", "cpu_cores", "torch_threads", "gpu", "driver", "cuda_runtime", "cupy", "cudnn",
+                "torch", "numpy", "numba", "python", "load_average_at_start", "load_average_at_end"):
+        if env.get(key) is not None:
+            lines.append(f"| {key} | {env[key]} |")
+    load, cores = env.get("load_average_at_start"), env.get("cpu_cores") or 1
+    if load is not None and load > cores:
+        lines += ["", f"**Caution:** the machine was busy (1-minute load average {load:.1f} on {cores} cores "
+                      "at the start): CPU times include waiting for other processes; rerun on an idle "
+                      "machine before quoting them."]
+    for title, header, body in sections:
+        lines += ["", f"## {title}", "", "```", header] + body + ["```"]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(env: dict, device: str, sections, rows: list[dict], extra: dict | None = None,
+                  directory: Path = RESULTS_DIR) -> tuple[Path, Path]:
+    """benchmarks/results/<date>-<device>.md and .json."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = directory / f"{env['date']}-{device}"
+    md, js = stem.with_suffix(".md"), stem.with_suffix(".json")
+    md.write_text(results_markdown(env, sections))
+    clean = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in rows]
+    js.write_text(json.dumps({"environment": env, **(extra or {}), "rows": clean}, indent=1, default=str) + "\n")
+    return md, js
