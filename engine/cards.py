@@ -281,18 +281,18 @@ class Elementwise:
     """One row of the elementwise table (engine/reference/activation.py, ELEMENTWISE).
 
     forward(x, *params) and backward(dy, saved, *params) are the float64 NumPy formulas (the
-    spec); scalar_forward(x, *params) and scalar_backward(dy, saved, *params) compute one
-    element and are compiled by Numba (write them with the math module and plain arithmetic);
-    the CUDA pair is <name>_forward / <name>_backward in kernels/activation.cu. `saves` says
-    which value backward takes: the forward's output "y" (the executor keeps it anyway) or
-    its input "x"."""
+    spec); scalar_forward(x, a, b) and scalar_backward(dy, saved, a, b) compute one element
+    and are compiled by Numba (write them with the math module and plain arithmetic), with
+    the arguments of the CUDA pair <name>_forward / <name>_backward in kernels/activation.cu:
+    a, b are the row's parameters, 0.0 when it has fewer. `saves` says which value backward
+    takes: the forward's output "y" (the executor keeps it anyway) or its input "x"."""
     name: str
     forward: Callable
     backward: Callable
     scalar_forward: Callable
     scalar_backward: Callable
     saves: str = "y"
-    params: tuple = ()          # names of scalar parameters after x (e.g. negative_slope)
+    params: tuple = ()          # names of scalar parameters after x (e.g. negative_slope), at most two
     example: tuple = ()         # their values when validate and the benchmarks draw inputs
     scale: float = 1.0          # x ~ N(0, scale^2) when inputs are drawn
     torch_forward: Callable | None = None   # (T, x, *params) -> result

@@ -36,11 +36,12 @@ def specialize(template, name: str, **functions) -> "_Pair":
     Python functions, compiled by Numba: one generic kernel serves every row of a table
     (engine.cpu.activation). Numba caches a copy by its name and does not look at the
     functions it calls, so the name carries a digest of their code and of the files they
-    come from: editing a row compiles its kernels again."""
+    and this one come from: editing a row, or how it is compiled, compiles it again."""
     digest = hashlib.sha1()
     for fn in functions.values():
         digest.update(marshal.dumps(fn.__code__))
-        with open(fn.__code__.co_filename, "rb") as source:
+    for path in sorted({fn.__code__.co_filename for fn in functions.values()} | {__file__}):
+        with open(path, "rb") as source:
             digest.update(source.read())
     copy = _copy(template, f"{template.__name__}_{name}_{digest.hexdigest()[:10]}",
                  {k: njit(inline="always")(fn) for k, fn in functions.items()})

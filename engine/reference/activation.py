@@ -26,7 +26,7 @@ def _sigmoid(x):
     return np.where(x >= 0, 1.0, e) / (1.0 + e)
 
 
-def _sigmoid_scalar(x):
+def _sigmoid_scalar(x, a, b):
     e = np.exp(-abs(x))  # <= 1: no overflow for any |x|
     return (1 if x >= 0 else e) / (1 + e)
 
@@ -37,29 +37,29 @@ ELEMENTWISE = [
     Elementwise("relu",
                 forward=lambda x: np.maximum(x, 0.0),
                 backward=lambda dy, y: dy * (y > 0),   # y > 0 exactly where x > 0
-                scalar_forward=lambda x: 0.0 if x <= 0 else x,
-                scalar_backward=lambda dy, y: dy if y > 0 else 0.0,
+                scalar_forward=lambda x, a, b: 0.0 if x <= 0 else x,
+                scalar_backward=lambda dy, y, a, b: dy if y > 0 else 0.0,
                 torch_forward=lambda T, x: T.F.relu(x),
                 torch_backward=lambda T, dy, y: T.aten.threshold_backward(dy, y, 0)),
     Elementwise("leaky_relu", saves="x", params=("negative_slope",), example=(0.01,),
                 forward=lambda x, slope: np.where(x > 0, x, slope * x),
                 backward=lambda dy, x, slope: dy * np.where(x > 0, 1.0, slope),
-                scalar_forward=lambda x, slope: x if x > 0 else slope * x,
-                scalar_backward=lambda dy, x, slope: dy if x > 0 else slope * dy,
+                scalar_forward=lambda x, slope, b: x if x > 0 else slope * x,
+                scalar_backward=lambda dy, x, slope, b: dy if x > 0 else slope * dy,
                 torch_forward=lambda T, x, slope: T.F.leaky_relu(x, slope),
                 torch_backward=lambda T, dy, x, slope: T.aten.leaky_relu_backward(dy, x, slope, False)),
     Elementwise("sigmoid", scale=3.0,
                 forward=_sigmoid,
                 backward=lambda dy, y: dy * y * (1.0 - y),
                 scalar_forward=_sigmoid_scalar,
-                scalar_backward=lambda dy, y: dy * y * (1 - y),
+                scalar_backward=lambda dy, y, a, b: dy * y * (1 - y),
                 torch_forward=lambda T, x: T.torch.sigmoid(x),
                 torch_backward=lambda T, dy, y: T.aten.sigmoid_backward(dy, y)),
     Elementwise("tanh", scale=2.0,
                 forward=np.tanh,
                 backward=lambda dy, y: dy * (1.0 - y * y),
-                scalar_forward=lambda x: np.tanh(x),
-                scalar_backward=lambda dy, y: dy * (1 - y * y),
+                scalar_forward=lambda x, a, b: np.tanh(x),
+                scalar_backward=lambda dy, y, a, b: dy * (1 - y * y),
                 torch_forward=lambda T, x: T.torch.tanh(x),
                 torch_backward=lambda T, dy, y: T.aten.tanh_backward(dy, y)),
 ]
