@@ -40,19 +40,8 @@ ARCHS = (80, 90)
 
 def launch_descriptions() -> dict:
     """kernel name -> its Kernel description, from every engine/cuda module (rows included)."""
-    from engine.cuda import activation
-    from engine.cuda.launch import Kernel
-    from engine.reference.activation import ELEMENTWISE
-    found = {}
-    for path in sorted((ROOT / "engine" / "cuda").glob("*.py")):
-        module = importlib.import_module(f"engine.cuda.{path.stem}")
-        for value in vars(module).values():
-            for kernel in (value.values() if isinstance(value, dict) else [value]):
-                if isinstance(kernel, Kernel):
-                    found[kernel.name] = kernel
-    for row in ELEMENTWISE:
-        found.update({k.name: k for k in activation._kernels(row)})
-    return found
+    from engine.cuda import descriptions
+    return descriptions()
 
 
 # ---------------------------------------------------------------------------- nvcc
@@ -316,3 +305,19 @@ def test_is_available_is_false_on_this_machine_when_no_gpu():
         assert cuda.is_available() is False
         return
     pytest.skip("CuPy is installed: is_available() depends on the GPU here")
+
+
+def test_an_extension_built_from_other_kernels_is_not_used(monkeypatch):
+    """After kernels/ changes, an extension built before does not hold what the descriptions
+    name: "auto" uses NVRTC and says why, instead of failing at the first launch."""
+    import types
+    import engine.cuda as cuda
+    current = {name: kernel.signature for name, kernel in cuda.descriptions().items()}
+    fake = types.SimpleNamespace(kernels=lambda: current, device_count=lambda: 1)
+    monkeypatch.setitem(sys.modules, "engine._cuda_ext", fake)
+    assert cuda.extension_available() is True
+    stale = dict(current, relu_forward_kernel="ppl")
+    fake.kernels = lambda: {k: v for k, v in stale.items() if k != "gelu_forward_kernel"}
+    with pytest.warns(UserWarning, match=r"other kernels than kernels/\*.cu \(gelu_forward_kernel, "
+                                         r"relu_forward_kernel\): rebuild it"):
+        assert cuda.extension_available() is False

@@ -14,9 +14,12 @@ conv2d, linear) through cupy.matmul / cuBLAS instead, to compare the two.
 """
 from __future__ import annotations
 
+import functools
 import importlib
+import pkgutil
+import warnings
 
-from engine.cuda.launch import Ext, Rtc
+from engine.cuda.launch import Ext, Kernel, Rtc
 
 EXPOSURES = ("ext", "rtc")
 
@@ -31,15 +34,47 @@ def is_available() -> bool:
 
 
 def extension_available() -> bool:
-    """True when the compiled extension engine._cuda_ext imports (no GPU needed for that) and,
-    where CuPy sees a GPU, the extension's own CUDA runtime sees it too. It links its runtime
-    statically, so a driver too old for the toolkit it was built with shows up here (as
-    no device) and the "auto" exposure falls back to NVRTC instead of failing at a launch."""
+    """True when the compiled extension engine._cuda_ext imports (no GPU needed for that),
+    holds the kernels the launch descriptions name (an extension built before kernels/ was
+    edited does not: rebuild with pip install -e .) and, where CuPy sees a GPU, its own CUDA
+    runtime sees it too. It links its runtime statically, so a driver too old for the
+    toolkit it was built with shows up here (as no device). Where it is False the "auto"
+    exposure is NVRTC."""
     try:
         ext = importlib.import_module("engine._cuda_ext")
     except ImportError:
         return False
+    stale = stale_kernels(ext)
+    if stale:
+        warnings.warn(f"engine._cuda_ext was built from other kernels than kernels/*.cu ({', '.join(stale[:3])}"
+                      f"{'...' if len(stale) > 3 else ''}): rebuild it with pip install -e . ; "
+                      f"the GPU path uses NVRTC meanwhile", stacklevel=2)
+        return False
     return not is_available() or ext.device_count() > 0
+
+
+@functools.lru_cache(maxsize=None)
+def descriptions() -> dict[str, Kernel]:
+    """Every kernel's launch description, by kernel name: those the glue of every family
+    declares, and the two of every elementwise row."""
+    from engine.reference.activation import ELEMENTWISE
+    found = {}
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for value in vars(module).values():
+            for kernel in (value.values() if isinstance(value, dict) else [value]):
+                if isinstance(kernel, Kernel):
+                    found[kernel.name] = kernel
+    activation = importlib.import_module(f"{__name__}.activation")
+    for row in ELEMENTWISE:
+        found.update({kernel.name: kernel for kernel in activation.kernels(row)})
+    return found
+
+
+def stale_kernels(ext) -> list[str]:
+    """Kernels the descriptions name that the extension lacks, or holds with other parameters."""
+    held = ext.kernels()
+    return sorted(name for name, kernel in descriptions().items() if held.get(name) != kernel.signature)
 
 
 def exposure(name: str) -> Ext | Rtc:

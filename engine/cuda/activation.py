@@ -21,7 +21,7 @@ BIAS_RELU_BACKWARD = Kernel("activation.cu", "bias_relu_backward_kernel",
 
 
 @functools.lru_cache(maxsize=None)
-def _kernels(row) -> tuple[Kernel, Kernel]:
+def kernels(row) -> tuple[Kernel, Kernel]:
     return (Kernel("activation.cu", f"{row.name}_forward_kernel", "const float* x, float* y, float a, float b, i64 n",
                    grid=lambda a: grid_1d(a.n)),
             Kernel("activation.cu", f"{row.name}_backward_kernel",
@@ -37,13 +37,13 @@ def _ab(params) -> tuple[float, float]:
 
 def elementwise_forward(L, row, x, *params, out=None):
     y = output(out, x.shape)
-    L.launch(_kernels(row)[0], x, y, *_ab(params), x.size)
+    L.launch(kernels(row)[0], x, y, *_ab(params), x.size)
     return y
 
 
 def elementwise_backward(L, row, dy, saved, *params, out=None):
     dx = output(out, dy.shape)
-    L.launch(_kernels(row)[1], dy, saved, dx, *_ab(params), dy.size)
+    L.launch(kernels(row)[1], dy, saved, dx, *_ab(params), dy.size)
     return dx
 
 
