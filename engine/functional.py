@@ -58,7 +58,7 @@ __all__ = [
     "batch_norm", "batch_norm_forward", "batch_norm_backward",
     "relu", "relu_backward", "bias_relu", "bias_relu_backward",
     "leaky_relu", "leaky_relu_backward", "sigmoid", "sigmoid_backward",
-    "tanh", "tanh_backward",
+    "tanh", "tanh_backward", "gelu", "gelu_backward",
     "dropout", "dropout_forward", "dropout_backward",
     "flatten", "flatten_backward",
     "cross_entropy", "cross_entropy_forward", "cross_entropy_backward",
@@ -411,6 +411,21 @@ def tanh(x):
 def tanh_backward(dy, y):
     """dx = dy * (1 - y**2), from the forward output y."""
     return _elementwise_backward("tanh_backward", "tanh", dy, y)
+
+
+def gelu(x, approximate="none"):
+    """x * Phi(x), Phi the standard normal CDF; approximate="tanh" uses
+    0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as torch.nn.functional.gelu."""
+    return _elementwise("gelu", _gelu_row("gelu", approximate), x)
+
+
+def gelu_backward(dy, x, approximate="none"):
+    """dx = dy * GELU'(x), from the forward INPUT x; approximate as the forward's."""
+    return _elementwise_backward("gelu_backward", _gelu_row("gelu_backward", approximate), dy, x)
+
+
+def _gelu_row(op, approximate) -> str:
+    return {"none": "gelu", "tanh": "gelu_tanh"}[C.choice(op, "approximate", approximate, ("none", "tanh"))]
 
 
 # ---------------------------------------------------------------------------------------

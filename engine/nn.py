@@ -265,6 +265,15 @@ class Tanh(Elementwise):
     op = "tanh"
 
 
+class GELU(Elementwise):
+    """x * Phi(x); approximate="tanh" for the tanh approximation, as torch.nn.GELU."""
+
+    def __init__(self, approximate="none"):
+        self.approximate = C.choice("GELU", "approximate", approximate, ("none", "tanh"))
+        self.op = {"none": "gelu", "tanh": "gelu_tanh"}[self.approximate]
+        super().__init__()
+
+
 class Dropout(_SameShape):
     """Inverted dropout: a mask from the counter-based generator keyed by the executor's
     per-step, per-node seed; identity in eval mode."""

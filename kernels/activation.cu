@@ -64,6 +64,28 @@ __device__ __forceinline__ float tanh_forward(float x, float, float) { return ta
 __device__ __forceinline__ float tanh_backward(float dy, float y, float, float) { return dy * (1.0f - y * y); }
 ELEMENTWISE_KERNELS(tanh)
 
+// gelu: saves x; exact, x Phi(x) with Phi the standard normal CDF (torch's approximate='none')
+__device__ __forceinline__ float gelu_forward(float x, float, float) {
+    return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+}
+__device__ __forceinline__ float gelu_backward(float dy, float x, float, float) {
+    const float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
+    const float pdf = 0.39894228040143268f * expf(-0.5f * x * x);  // 1 / sqrt(2 pi) e^(-x^2 / 2)
+    return dy * (cdf + x * pdf);
+}
+ELEMENTWISE_KERNELS(gelu)
+
+// gelu_tanh: saves x; 0.5 x (1 + tanh(k (x + c x^3))), k = sqrt(2 / pi), c = 0.044715 (approximate='tanh')
+__device__ __forceinline__ float gelu_tanh_forward(float x, float, float) {
+    return 0.5f * x * (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
+}
+__device__ __forceinline__ float gelu_tanh_backward(float dy, float x, float, float) {
+    const float t = tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x));
+    const float inner_grad = 0.79788456080286536f * (1.0f + 3.0f * 0.044715f * x * x);
+    return dy * (0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * inner_grad);
+}
+ELEMENTWISE_KERNELS(gelu_tanh)
+
 // ---- bias + ReLU, bias gradient, add ---------------------------------------------------
 
 // x, y (N, C, HW); b (C,)

@@ -307,3 +307,39 @@ def test_relu_fusion_folds_relus_and_changes_nothing():
             assert kinds.count("ReLU") == 4
     assert_close(np.array(runs[True][:3]), np.array(runs[False][:3]), **tol("training"))
     assert_close(runs[True][3], runs[False][3], **tol("training"))
+
+
+@pytest.mark.parametrize("layer, torch_layer", [
+    (lambda: nn.ReLU(), lambda t: t.nn.ReLU()),
+    (lambda: nn.LeakyReLU(0.2), lambda t: t.nn.LeakyReLU(0.2)),
+    (lambda: nn.Sigmoid(), lambda t: t.nn.Sigmoid()),
+    (lambda: nn.Tanh(), lambda t: t.nn.Tanh()),
+    (lambda: nn.GELU(), lambda t: t.nn.GELU()),
+    (lambda: nn.GELU("tanh"), lambda t: t.nn.GELU(approximate="tanh")),
+], ids=["relu", "leaky_relu", "sigmoid", "tanh", "gelu", "gelu-tanh"])
+def test_activation_layers_train_like_pytorch(layer, torch_layer):
+    """Every elementwise layer between two dense layers (the ReLU unfused: no bias before it):
+    loss and every parameter gradient as PyTorch's."""
+    torch = pytest.importorskip("torch")
+    nn.manual_seed(2)
+    model = nn.Sequential(nn.Linear(6, 8, bias=False), layer(), nn.Linear(8, 3))
+    ex = Executor(model, (6,), optimizer=SGD(0.0))
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((5, 6)).astype(np.float32) * 2, rng.integers(0, 3, 5)
+    loss = float(ex.train_step(x, y))
+    params = ex.state_dict()["params"]
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8, bias=False), torch_layer(torch), torch.nn.Linear(8, 3))
+    with torch.no_grad():
+        for t, p in zip(net.parameters(), params.values()):
+            t.copy_(torch.from_numpy(p))
+    expected = torch.nn.functional.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y))
+    expected.backward()
+    assert abs(loss - expected.item()) <= tol("training")["rtol"] * abs(expected.item())
+    grads = [ex.grad(layer, name) for layer in ex.layers for name in layer.params]
+    for got, t in zip(grads, net.parameters()):
+        assert_close(got, t.grad.numpy(), **tol("training"), what=f"{type(model.layers[1]).__name__} gradient")
+
+
+def test_gelu_layer_refuses_an_unknown_approximation():
+    with pytest.raises(ValueError, match=r"GELU: approximate must be one of \['none', 'tanh'\], got 'exact'"):
+        nn.GELU("exact")

@@ -236,6 +236,25 @@ def test_elementwise_activations(rng, dtype, shape):
     assert_close(y, REF.tanh_forward(x), **act, what="tanh")
     assert_close(F.tanh_backward(dy, y), REF.tanh_backward(dy, REF.tanh_forward(x)), **act,
                  what="tanh dx")
+    for approximate, row in (("none", "gelu"), ("tanh", "gelu_tanh")):
+        assert_close(F.gelu(x, approximate), getattr(REF, f"{row}_forward")(x), **act, what=f"gelu {approximate}")
+        assert_close(F.gelu_backward(dy, x, approximate), getattr(REF, f"{row}_backward")(dy, x), **act,
+                     what=f"gelu {approximate} dx")
+    assert_close(F.gelu(x), REF.gelu_forward(x), **act, what="gelu is exact by default")
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_is_torchs(rng, approximate):
+    """float32 through the engine (Numba) against torch.nn.functional.gelu, forward and autograd."""
+    torch = pytest.importorskip("torch")
+    x = randn(rng, (3, 4, 5, 5), np.float32) * 3
+    dy = randn(rng, x.shape, np.float32)
+    t = torch.tensor(x, requires_grad=True)
+    out = torch.nn.functional.gelu(t, approximate=approximate)
+    out.backward(torch.from_numpy(dy))
+    act = tol("activation")
+    assert_close(F.gelu(x, approximate), out.detach().numpy(), **act, what=f"gelu {approximate} vs torch")
+    assert_close(F.gelu_backward(dy, x, approximate), t.grad.numpy(), **act, what=f"gelu {approximate} dx vs torch")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

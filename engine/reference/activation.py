@@ -14,9 +14,17 @@ is added along axis 1: x (N, C) or (N, C, H, W), b (C,)) and has functions of it
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from engine.cards import LIKE_INPUT, Elementwise, OpCard, Tensor, like_arg, normal
+
+_SQRT_HALF = 0.7071067811865476      # 1 / sqrt(2)
+_INV_SQRT_2PI = 0.3989422804014327   # 1 / sqrt(2 pi)
+_TANH_K = 0.7978845608028654         # sqrt(2 / pi): GELU's tanh approximation
+_TANH_C = 0.044715
+_erf = np.vectorize(math.erf, otypes=[np.float64])  # NumPy has no erf; math's is exact to float64
 
 
 def _sigmoid(x):
@@ -29,6 +37,20 @@ def _sigmoid(x):
 def _sigmoid_scalar(x, a, b):
     e = np.exp(-abs(x))  # <= 1: no overflow for any |x|
     return (1 if x >= 0 else e) / (1 + e)
+
+
+def _gelu_tanh_inner(x):
+    return _TANH_K * (x + _TANH_C * x * x * x)
+
+
+def _gelu_tanh_grad(x):
+    t = np.tanh(_gelu_tanh_inner(x))
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _TANH_K * (1.0 + 3.0 * _TANH_C * x * x)
+
+
+def _gelu_tanh_backward_scalar(dy, x, a, b):  # one element, for Numba: the two lines above, inlined
+    t = math.tanh(_TANH_K * (x + _TANH_C * x * x * x))
+    return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _TANH_K * (1.0 + 3.0 * _TANH_C * x * x))
 
 
 # The rows. NaN passes through relu (as np.maximum and torch.relu): a NaN activation must
@@ -62,6 +84,24 @@ ELEMENTWISE = [
                 scalar_backward=lambda dy, y, a, b: dy * (1 - y * y),
                 torch_forward=lambda T, x: T.torch.tanh(x),
                 torch_backward=lambda T, dy, y: T.aten.tanh_backward(dy, y)),
+    # GELU, exact: x * Phi(x), Phi the standard normal CDF (torch's approximate='none')
+    Elementwise("gelu", saves="x", scale=2.0,
+                forward=lambda x: 0.5 * x * (1.0 + _erf(x * _SQRT_HALF)),
+                backward=lambda dy, x: dy * (0.5 * (1.0 + _erf(x * _SQRT_HALF))
+                                             + x * _INV_SQRT_2PI * np.exp(-0.5 * x * x)),
+                scalar_forward=lambda x, a, b: 0.5 * x * (1.0 + math.erf(x * _SQRT_HALF)),
+                scalar_backward=lambda dy, x, a, b: dy * (0.5 * (1.0 + math.erf(x * _SQRT_HALF))
+                                                    + x * _INV_SQRT_2PI * math.exp(-0.5 * x * x)),
+                torch_forward=lambda T, x: T.F.gelu(x),
+                torch_backward=lambda T, dy, x: T.aten.gelu_backward(dy, x)),
+    # GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (approximate='tanh')
+    Elementwise("gelu_tanh", saves="x", scale=2.0,
+                forward=lambda x: 0.5 * x * (1.0 + np.tanh(_gelu_tanh_inner(x))),
+                backward=lambda dy, x: dy * _gelu_tanh_grad(x),
+                scalar_forward=lambda x, a, b: 0.5 * x * (1.0 + math.tanh(_TANH_K * (x + _TANH_C * x * x * x))),
+                scalar_backward=_gelu_tanh_backward_scalar,
+                torch_forward=lambda T, x: T.F.gelu(x, approximate="tanh"),
+                torch_backward=lambda T, dy, x: T.aten.gelu_backward(dy, x, approximate="tanh")),
 ]
 ROWS = {row.name: row for row in ELEMENTWISE}
 
