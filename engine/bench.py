@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -35,7 +34,8 @@ from engine import validate
 from engine.backend import get_backend
 from engine.cards import Conv, Gemm, TorchEnv
 from engine.measure import (RESULTS_DIR, GpuTimer, compare_cpu, environment, gpu_available, gpu_ceilings,
-                            torch_or_none, write_results)
+                            images_per_second, torch_or_none, write_results)
+from engine.models import torch_twin
 from engine.ops import Case, cases
 
 # --------------------------------------------------------------------------------------
@@ -232,24 +232,6 @@ def _gpu_line(row: dict) -> str:
 # End to end: training images/s on synthetic data.
 
 
-def torch_model(name: str, classes: int = 10):
-    """LeNet-5 (28x28x1) or one-tower AlexNet (224x224x3), the architectures of the shape tables."""
-    import torch.nn as nn
-    if name == "lenet":
-        return nn.Sequential(
-            nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-            nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, classes))
-    return nn.Sequential(
-        nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-        nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-        nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2), nn.Flatten(),
-        nn.Dropout(0.5), nn.Linear(9216, 4096), nn.ReLU(),
-        nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, classes))
-
-
 INPUT_SHAPES = {"lenet": (1, 28, 28), "alexnet": (3, 224, 224)}
 
 
@@ -263,7 +245,7 @@ def _synthetic(name: str, batch: int, classes: int, seed: int = 0):
 def torch_train_step(name: str, batch: int, device: str, compile_model: bool = False, classes: int = 10):
     """A zero-argument SGD-with-momentum training step of the PyTorch model on fixed synthetic data."""
     import torch
-    model = torch_model(name, classes).to(device)
+    model = torch_twin(name, classes).to(device)
     if compile_model:
         model = torch.compile(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -304,24 +286,6 @@ def our_train_step(name: str, batch: int, device: str, classes: int = 10):
         sync()
         return loss
     return step
-
-
-def images_per_second(step: Callable, batch: int, seconds: float = 3.0, warmup: int = 3,
-                      sync: Callable = lambda: None) -> float:
-    """Steps run back to back for about `seconds` after a warm-up; images/s of the whole run."""
-    for _ in range(warmup):
-        step()
-    sync()
-    n, start = 0, time.perf_counter()
-    while True:
-        step()
-        n += 1
-        if n % 5 == 0:
-            sync()
-            if time.perf_counter() - start >= seconds:
-                break
-    sync()
-    return n * batch / (time.perf_counter() - start)
 
 
 def run_train(device: str, quick: bool = False, log=print) -> list[dict]:

@@ -159,14 +159,19 @@ class GpuTimer:
         return statistics.median(times)
 
 
+def _copy_seconds(timer: GpuTimer, nbytes: int) -> float:
+    """Median seconds of one device-to-device copy of nbytes (its buffers freed on return)."""
+    cupy = timer.cupy
+    src = cupy.random.standard_normal(nbytes // 4, dtype=cupy.float32)
+    dst = cupy.empty_like(src)
+    return timer(lambda: dst.data.copy_from_device_async(src.data, src.nbytes))
+
+
 def gpu_ceilings(timer: GpuTimer) -> dict:
     """The measured roofs: device-to-device copy bandwidth (bytes read + written per second)
     over 1 GiB, and the cuBLAS SGEMM rate at 8192^3 (FP32, no TF32)."""
     cupy = timer.cupy
-    src = cupy.random.standard_normal(1 << 28, dtype=cupy.float32)  # 1 GiB
-    dst = cupy.empty_like(src)
-    copy = timer(lambda: dst.data.copy_from_device_async(src.data, src.nbytes))
-    del src, dst
+    copy = _copy_seconds(timer, 1 << 30)
     n = 8192
     a = cupy.random.standard_normal((n, n), dtype=cupy.float32)
     b = cupy.random.standard_normal((n, n), dtype=cupy.float32)
@@ -174,6 +179,24 @@ def gpu_ceilings(timer: GpuTimer) -> dict:
     sgemm = timer(lambda: cupy.matmul(a, b, out=c))
     return {"copy_GBps": 2 * (1 << 30) / copy / 1e9, "sgemm_TFLOPs": 2.0 * n ** 3 / sgemm / 1e12,
             "copy_bytes": 1 << 30, "sgemm_n": n}
+
+
+def images_per_second(step: Callable, batch: int, seconds: float = 3.0, warmup: int = 3,
+                      sync: Callable = lambda: None) -> float:
+    """Steps run back to back for about `seconds` after a warm-up; images/s of the whole run."""
+    for _ in range(warmup):
+        step()
+    sync()
+    n, start = 0, time.perf_counter()
+    while True:
+        step()
+        n += 1
+        if n % 5 == 0:
+            sync()
+            if time.perf_counter() - start >= seconds:
+                break
+    sync()
+    return n * batch / (time.perf_counter() - start)
 
 
 # --------------------------------------------------------------------------------------

@@ -34,5 +34,24 @@ def alexnet(num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5)
         Linear(4096, num_classes))
 
 
+def torch_twin(name: str, classes: int = 10):
+    """The same LeNet-5 (28x28x1) or one-tower AlexNet (224x224x3) in PyTorch, layer for layer
+    (its parameters in the order of ours): what the benchmarks race and the tests agree with."""
+    import torch.nn as nn
+    if name == "lenet":
+        return nn.Sequential(
+            nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+            nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, classes))
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2), nn.Flatten(),
+        nn.Dropout(0.5), nn.Linear(9216, 4096), nn.ReLU(),
+        nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, classes))
+
+
 MODELS = {"lenet": (lenet5, (1, 28, 28)), "lenet5": (lenet5, (1, 28, 28)),
           "alexnet": (alexnet, (3, 224, 224))}

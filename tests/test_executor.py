@@ -8,7 +8,7 @@ import pytest
 from engine import nn
 from engine.executor import Executor
 from engine.graph import Model, summary, trace
-from engine.models import alexnet, lenet5
+from engine.models import alexnet, lenet5, torch_twin
 from engine.optim import SGD, Adam
 from engine.tolerances import assert_close, tol
 
@@ -228,11 +228,7 @@ class _nothing:
 
 
 def _torch_lenet(torch, ex):
-    tnn = torch.nn
-    net = tnn.Sequential(tnn.Conv2d(1, 6, 5, padding=2), tnn.ReLU(), tnn.MaxPool2d(2, 2),
-                         tnn.Conv2d(6, 16, 5), tnn.ReLU(), tnn.MaxPool2d(2, 2), tnn.Flatten(),
-                         tnn.Linear(400, 120), tnn.ReLU(), tnn.Linear(120, 84), tnn.ReLU(),
-                         tnn.Linear(84, 10))
+    net = torch_twin("lenet")
     ours = list(ex.state_dict()["params"].values())
     theirs = [p for p in net.parameters()]
     assert len(ours) == len(theirs)

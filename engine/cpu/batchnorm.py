@@ -244,7 +244,7 @@ def _backward(dy, y, x, gamma, save_mean, save_invstd, training, relu, out):
     return dx, dgamma, dbeta
 
 
-# ---- the ops of engine.backend.OPS ----------------------------------------------------
+# ---- the ops (engine.ops.OPS) ---------------------------------------------------------
 
 def batch_norm_forward(x, gamma, beta, running_mean, running_var, training, momentum, eps, out=None):
     return _forward(x, gamma, beta, running_mean, running_var, training, momentum, eps, False, out)

@@ -100,7 +100,7 @@ class Kernel:
 
 @functools.lru_cache(maxsize=None)
 def cupy():
-    import cupy as cp  # noqa: the one place engine.cuda imports CuPy
+    import cupy as cp  # the one place engine.cuda imports CuPy
     return cp
 
 
