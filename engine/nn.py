@@ -8,7 +8,8 @@ with ``n`` a bound node (engine.graph.Bound) holding the real arrays:
     n.dx[i]  where to write d(loss)/d(x[i]) (None when nobody needs it)
     n.dy     d(loss)/d(y)
     n.p[k]   parameters, n.g[k] where to write their gradients (None when frozen)
-    n.s[k]   scratch saved by forward for backward (argmax, masks, statistics)
+    n.s[k]   what forward saves for backward (saved(): argmax, masks, statistics) and
+             backward's own work buffers (scratch()), both placed by the memory plan
     n.state  persistent non-trainable buffers (batch-norm running statistics)
     n.training, n.seed
 

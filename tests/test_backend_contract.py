@@ -94,3 +94,39 @@ def test_outputs_follow_the_card_shape_rule(name):
         result = getattr(be, case.op)(*args)
         got = () if result is None else result if isinstance(result, tuple) else (result,)
         assert [(tuple(g.shape), g.dtype) for g in got] == list(specs), f"{name}: {case.op} at {case.label}"
+
+
+def test_engine_modules_import_each_other_without_a_circle():
+    """The imports inside engine/, at module level or in a function, form no cycle
+    (engine.cuda once imported engine.backend, which imports engine.cuda): a reader
+    follows them one way."""
+    import ast
+    from pathlib import Path
+    root = Path(backend.__file__).resolve().parent
+    graph = {}
+    for path in root.rglob("*.py"):
+        name = ".".join(("engine",) + path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("engine"):
+                deps |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name.startswith("engine")}
+        graph[name] = deps
+    graph = {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+    state, path = {}, []
+
+    def visit(m):
+        state[m] = "open"
+        path.append(m)
+        for d in graph[m]:
+            assert state.get(d) != "open", "import circle: " + " -> ".join(path[path.index(d):] + [d])
+            if d not in state:
+                visit(d)
+        path.pop()
+        state[m] = "done"
+
+    for m in graph:
+        if m not in state:
+            visit(m)
+    assert "engine.backend" in graph and "engine.cuda" in graph
