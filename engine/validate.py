@@ -9,7 +9,8 @@ the NumPy float64 reference with the card's tolerance family (engine.tolerances)
 their shapes and dtypes against the card's shape rule. Each op is also run a second time
 writing into ``out=`` buffers pre-filled with garbage (NaN / 0x7f..): the executor reuses
 buffers every step, so a kernel that accumulates into ``out`` instead of overwriting it
-fails here.
+fails here. Where both CUDA exposures run, their outputs must agree bit for bit: they
+launch the same kernels from the same descriptions.
 
     python -m engine validate                      # all exposures that run here
     python -m engine validate --backend numba --quick
@@ -22,7 +23,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -102,10 +103,25 @@ def compare(case: Case, got: tuple, expected: tuple) -> tuple[bool, float, float
     return passed, worst_abs, worst_rel, failing
 
 
+def _host(x) -> np.ndarray:
+    return np.asarray(x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else x)
+
+
 def _bitwise_equal(a: tuple, b: tuple) -> bool:
-    host = [np.asarray(x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else x) for x in a + b]
-    half = len(a)
-    return all(np.array_equal(x, y, equal_nan=True) for x, y in zip(host[:half], host[half:]))
+    return len(a) == len(b) and all(np.array_equal(_host(x), _host(y), equal_nan=True) for x, y in zip(a, b))
+
+
+def exposures_agree(case_rows: list) -> bool | None:
+    """Whether cuda-ext and cuda-rtc gave the same bits for one case (None unless both ran):
+    one source, one launch description, so they must. Differing rows fail."""
+    pair = {row.exposure: row for row in case_rows if row.exposure in ("cuda-ext", "cuda-rtc") and row.outputs}
+    if len(pair) < 2:
+        return None
+    if _bitwise_equal(pair["cuda-ext"].outputs, pair["cuda-rtc"].outputs):
+        return True
+    for row in pair.values():
+        row.passed, row.note = False, row.note or "cuda-ext and cuda-rtc differ bitwise"
+    return False
 
 
 @dataclass
@@ -120,11 +136,12 @@ class Row:
     rerun: str      # second run into garbage-filled out=: "bitwise", "close", "-" (no out=), or "FAIL"
     passed: bool
     note: str = ""
+    outputs: tuple = field(default=(), repr=False)  # host copies, to compare exposures
 
     def as_dict(self) -> dict:
         # strict JSON has no NaN or Infinity: an error that could not be measured is null
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                for k, v in self.__dict__.items()}
+                for k, v in self.__dict__.items() if k != "outputs"}
 
 
 def shape_rule_violation(case: Case, args, got) -> str:
@@ -141,6 +158,7 @@ def check_case(case: Case, exposure: str, backend, xp, args, expected) -> Row:
               math.nan, math.nan, "-", False)
     try:
         got = call(backend, case, to_device(args, xp))
+        row.outputs = tuple(_host(g) for g in got)
         row.passed, row.max_abs, row.max_rel, failing = compare(case, got, expected)
         if failing:
             row.note = f"wrong {failing}"
@@ -269,7 +287,7 @@ def main(argv=None) -> int:
     print(_format_row(COLUMNS))
     print(_format_row(["-" * w for w in WIDTHS]))
 
-    rows, start = [], time.perf_counter()
+    rows, start, compared, differ = [], time.perf_counter(), 0, []
     for case in todo:
         inputs = case.inputs()
         try:
@@ -280,11 +298,19 @@ def main(argv=None) -> int:
             rows.append(row)
             print_row(row)
             continue
-        for name, backend in backends.items():
-            row = check_case(case, name, backend, modules[name], inputs, expected)
+        case_rows = [check_case(case, name, backend, modules[name], inputs, expected)
+                     for name, backend in backends.items()]
+        agree = exposures_agree(case_rows)
+        compared += agree is not None
+        differ += [f"{case.op} {case.label}"] if agree is False else []
+        for row in case_rows:
+            row.outputs = ()  # compared: no need to hold AlexNet-sized outputs any longer
             rows.append(row)
             print_row(row)
 
+    if compared:
+        print(f"validate: cuda-ext and cuda-rtc agree bitwise on {compared - len(differ)} of {compared} cases"
+              + (": " + ", ".join(differ) + " DIFFER" if differ else ""))
     failed = [r for r in rows if not r.passed]
     seconds = time.perf_counter() - start
     print(f"\nvalidate: {len(rows) - len(failed)} of {len(rows)} rows pass in {seconds:.1f} s"
@@ -295,7 +321,8 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"exposures": list(backends), "notes": notes, "quick": args.quick,
-                       "passed": not failed, "seconds": seconds,
+                       "passed": not failed, "seconds": seconds, "exposures_compared": compared,
+                       "exposures_differ": differ,
                        "rows": [r.as_dict() for r in rows]}, fh, indent=1, default=str)
         print(f"validate: rows written to {args.json}")
     return 1 if failed else 0

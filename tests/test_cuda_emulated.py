@@ -255,3 +255,28 @@ def test_kernels_stay_in_bounds_under_address_sanitizer(tmp_path):
                             capture_output=True, text=True, env=env, cwd=root, timeout=1800)
     assert "Sanitizer" not in result.stderr, result.stderr[-6000:]
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_validate_runs_both_exposures_and_requires_them_to_agree(backends, cupy, monkeypatch, capsys):
+    """`python -m engine validate` as a GPU machine runs it: both exposures, the table, and
+    the bitwise agreement between them -- which fails the rows where they differ."""
+    from engine import backend, validate
+    monkeypatch.setattr(validate, "exposures_to_run", lambda requested: (["cuda-ext", "cuda-rtc"], []))
+    monkeypatch.setattr(validate, "_cupy", lambda: cupy)
+    monkeypatch.setitem(backend._cache, "cuda-ext", backends["ext"])
+    monkeypatch.setitem(backend._cache, "cuda-rtc", backends["rtc"])
+    ops = ["relu_forward", "conv2d_forward"]
+    assert validate.main(["--quick", *[a for op in ops for a in ("--op", op)]]) == 0
+    out = capsys.readouterr().out
+    assert "cuda-ext and cuda-rtc agree bitwise on 10 of 10 cases" in out
+    rtc = backends["rtc"]
+    good = rtc.relu_forward
+
+    def one_ulp_off(x, out=None):  # right within tolerance, but not the same bits as cuda-ext
+        y = good(x, out=out)
+        y[...] = np.nextafter(y, np.float32(np.inf))
+        return y
+    monkeypatch.setattr(rtc, "relu_forward", one_ulp_off)
+    assert validate.main(["--quick", "--op", "relu_forward"]) == 1
+    out = capsys.readouterr().out
+    assert "agree bitwise on 0 of 5 cases" in out and "differ bitwise" in out
