@@ -14,7 +14,6 @@ import os
 import sys
 import time
 
-import numpy as np
 
 
 def _load_data(spec: str, model: str, seed: int, synthetic_size: int):

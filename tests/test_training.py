@@ -9,7 +9,6 @@ from engine import nn
 from engine.__main__ import main as cli
 from engine.data import DataLoader, synthetic
 from engine.executor import Executor
-from engine.models import lenet5
 from engine.optim import SGD, Adam, AdamW, make_optimizer
 from engine.schedules import Cosine, OneCycle, StepLR, make_schedule
 from engine.training import EarlyStopping, NonFiniteLoss, evaluate, fit, predict

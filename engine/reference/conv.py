@@ -58,7 +58,7 @@ def col2im(cols, x_shape, kernel, stride, padding, out=None):
     """cols (N, C*R*S, P*Q) -> x (N, C, H, W): every column entry added back where im2col read it."""
     n, c, h, w_ = x_shape
     r_, s_ = kernel
-    (sh, sw), (ph, pw) = stride, padding
+    ph, pw = padding
     p, q = window_output_hw(h, w_, kernel, stride, padding)
     cols = np.asarray(cols, dtype=np.float64).reshape(n, c, r_, s_, p, q)
     xpad = np.zeros((n, c, h + 2 * ph, w_ + 2 * pw))
