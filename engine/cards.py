@@ -86,6 +86,21 @@ class Pool:
 
 
 @dataclass(frozen=True)
+class Adaptive:
+    """x (N, C, H, W) pooled to an (oh, ow) output whatever H and W are."""
+    name: str
+    x: tuple
+    out: tuple
+
+    @property
+    def y(self) -> tuple:
+        return self.x[:2] + tuple(self.out)
+
+    def describe(self) -> str:
+        return f"x{dims(self.x)} -> {self.out[0]}x{self.out[1]}"
+
+
+@dataclass(frozen=True)
 class Dense:
     """x (N, I) through w (O, I)."""
     name: str
@@ -156,6 +171,7 @@ def lenet_shapes(batch: int = 256) -> list:
     return convs + [g for c in convs for g in conv_gemms(c)] + [
         Pool("pool1", (b, 6, 28, 28), (2, 2), (2, 2)),
         Pool("pool2", (b, 16, 10, 10), (2, 2), (2, 2)),
+        Adaptive("gap2", (b, 16, 10, 10), (1, 1)),  # global average pooling, as a ResNet head
         Dense("fc1", b, 400, 120), Dense("fc2", b, 120, 84), Dense("fc3", b, 84, 10),
         Tensor("act-conv1", (b, 6, 28, 28)), Tensor("act-fc1", (b, 120)),
         Loss("loss", b, 10),
@@ -175,6 +191,7 @@ def alexnet_shapes(batch: int = 8, classes: int = 1000) -> list:
         Pool("pool1", (b, 64, 55, 55), (3, 3), (2, 2)),
         Pool("pool2", (b, 192, 27, 27), (3, 3), (2, 2)),
         Pool("pool5", (b, 256, 13, 13), (3, 3), (2, 2)),
+        Adaptive("avgpool", (b, 256, 13, 13), (6, 6)),  # torchvision's head at 13x13: overlapping windows
         Dense("fc6", b, 9216, 4096), Dense("fc7", b, 4096, 4096), Dense("fc8", b, 4096, classes),
         Tensor("act-conv1", (b, 64, 55, 55)), Tensor("act-fc6", (b, 4096)),
         Loss("loss", b, classes),
@@ -195,6 +212,8 @@ def odd_shapes() -> list:
         Pool("odd-pool", (3, 5, 13, 11), (3, 3), (2, 2), (1, 1)),
         Pool("odd-pool-excl", (2, 3, 7, 9), (2, 3), (1, 2), (1, 1), count_include_pad=False),
         Pool("odd-pool-gappy", (2, 2, 10, 11), (2, 2), (3, 3)),
+        Adaptive("odd-adaptive", (3, 5, 7, 9), (3, 4)), Adaptive("odd-global", (2, 3, 5, 5), (1, 1)),
+        Adaptive("odd-adaptive-up", (2, 2, 4, 6), (6, 4)),  # more outputs than inputs along H
         Dense("odd-fc", 7, 33, 19), Dense("odd-fc-1", 1, 5, 1),
         Tensor("odd-4d", (3, 5, 7, 9), p=0.3), Tensor("odd-2d", (33, 17)),
         Tensor("odd-eval", (4, 3, 5, 5), training=False),

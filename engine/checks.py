@@ -122,6 +122,34 @@ def choice(op: str, name: str, v, options) -> str:
     return v
 
 
+def int_list(op: str, name: str, v, length: int | None, minimum: int | None = None) -> tuple:
+    """A tuple of ints (of a given length when length is not None), each >= minimum."""
+    if isinstance(v, (str, bytes)) or not isinstance(v, (tuple, list)) or not all(_is_int(e) for e in v):
+        raise TypeError(f"{op}: {name} must be a list of ints, got {v!r}")
+    if length is not None and len(v) != length:
+        raise ValueError(f"{op}: {name} must have {length} entries, got {len(v)}: {tuple(v)}")
+    if minimum is not None and any(e < minimum for e in v):
+        raise ValueError(f"{op}: {name} must all be >= {minimum}, got {tuple(v)}")
+    return tuple(int(e) for e in v)
+
+
+def subset(op: str, name: str, v, allowed) -> tuple:
+    """A non-empty, sorted selection without repeats from `allowed` (which convs to keep)."""
+    chosen = int_list(op, name, v, None)
+    allowed = tuple(allowed)
+    if not chosen or len(set(chosen)) != len(chosen) or not set(chosen) <= set(allowed):
+        raise ValueError(f"{op}: {name} must be distinct values from {list(allowed)}, at least one, "
+                         f"got {list(chosen)}")
+    return tuple(sorted(chosen))
+
+
+def input_size(op: str, hw, smallest: int) -> None:
+    """An image of (h, w) big enough for a model whose maps must stay at least 1x1."""
+    if hw[0] < smallest or hw[1] < smallest:
+        raise ValueError(f"{op}: input {hw[0]}x{hw[1]} is too small: its convolutions and poolings need at "
+                         f"least {smallest}x{smallest}")
+
+
 def seed(op: str, v) -> int:
     """A dropout seed: an int in [0, 2**64) (the counter-based generator's key)."""
     v = integer(op, "seed", v, minimum=0)
@@ -305,6 +333,14 @@ def pool2d_output_shape(op: str, x_shape, kernel, stride, padding) -> tuple:
     n, c, h, w = x_shape
     p, q = _window_output(op, (h, w), kernel, stride, padding)
     return (n, c, p, q)
+
+
+def adaptive_pool2d_output_shape(op: str, x_shape, output_size) -> tuple:
+    """(N, C, H, W) pooled to output_size (an int or an (oh, ow) pair, each >= 1) -> (N, C, oh, ow).
+    Any H, W >= 1 will do: windows overlap, or repeat cells when the output is larger."""
+    x_shape = _rank(op, "input", x_shape, 4, "(N, C, H, W)")
+    oh, ow = pair(op, "output_size", output_size, minimum=1)
+    return x_shape[:2] + (oh, ow)
 
 
 def linear_output_shape(op: str, x_shape, w_shape) -> tuple:

@@ -54,7 +54,7 @@ __all__ = [
     "conv2d", "conv2d_backward",
     "linear", "linear_backward",
     "max_pool2d", "max_pool2d_forward", "max_pool2d_backward",
-    "avg_pool2d", "avg_pool2d_backward",
+    "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",
     "batch_norm", "batch_norm_forward", "batch_norm_backward",
     "relu", "relu_backward", "bias_relu", "bias_relu_backward",
     "leaky_relu", "leaky_relu_backward", "sigmoid", "sigmoid_backward",
@@ -249,6 +249,26 @@ def avg_pool2d_backward(dy, x_shape, kernel_size, stride=None, padding=0,
     count_include_pad = C.boolean(op, "count_include_pad", count_include_pad)
     be = _backend(op, dict(grad_output=dy))
     return be.avg_pool2d_backward(dy, x_shape, kernel, stride, padding, count_include_pad)
+
+
+def adaptive_avg_pool2d(x, output_size):
+    """x (N, C, H, W) -> y (N, C, oh, ow) for any H, W: output cell (i, j) is the mean of rows
+    floor(i*H/oh) to ceil((i+1)*H/oh) and the columns likewise (as torch). output_size is an
+    int or an (oh, ow) pair; 1 is global average pooling."""
+    op = "adaptive_avg_pool2d"
+    x = C.float_array(op, "input", x, 4, NCHW)
+    output_size = C.adaptive_pool2d_output_shape(op, x.shape, output_size)[2:]
+    return _backend(op, dict(input=x)).adaptive_avg_pool2d_forward(x, output_size)
+
+
+def adaptive_avg_pool2d_backward(dy, x_shape):
+    """dy (N, C, oh, ow) -> dx (N, C, H, W): each window's gradient shared over its cells."""
+    op = "adaptive_avg_pool2d_backward"
+    x_shape = C.shape_tuple(op, "x_shape", x_shape, 4, NCHW)
+    dy = C.float_array(op, "grad_output", dy, 4, "(N, C, oh, ow)")
+    if dy.shape[:2] != x_shape[:2]:
+        raise ValueError(f"{op}: grad_output has (N, C) = {dy.shape[:2]} but x_shape has {x_shape[:2]}")
+    return _backend(op, dict(grad_output=dy)).adaptive_avg_pool2d_backward(dy, x_shape)
 
 
 def _pool_args(op, x_shape, kernel_size, stride, padding):

@@ -23,7 +23,7 @@ import math
 import numpy as np
 
 from engine import checks as C
-from engine.graph import Layer, Value, Model, Sequential  # noqa: F401  (re-exported)
+from engine.graph import Add, Layer, Value, Model, Sequential  # noqa: F401  (re-exported)
 from engine.reference.activation import ROWS
 
 _init_rng = np.random.default_rng(0)
@@ -96,6 +96,11 @@ class Conv2d(_Weighted):
         return C.conv2d_output_shape(self.name, x_shape, self.params["weight"].shape,
                                      self.stride, self.padding)
 
+    def extra_repr(self):
+        bias = "" if "bias" in self.params else ", bias=False"
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}{bias}")
+
     def product(self, bk, n, bias):
         bk.conv2d_forward(n.x[0], n.p["weight"], bias, self.stride, self.padding, out=n.y)
 
@@ -118,6 +123,9 @@ class Linear(_Weighted):
 
     def infer(self, x_shape):
         return C.linear_output_shape(self.name, x_shape, self.params["weight"].shape)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={'bias' in self.params}"
 
     def product(self, bk, n, bias):
         bk.linear_forward(n.x[0], n.p["weight"], bias, out=n.y)
@@ -146,6 +154,9 @@ class _BatchNorm(Layer):
 
     def infer(self, x_shape):
         return C.batch_norm_shape(self.name, x_shape, self.ndim, self.num_features)
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
     def saved(self, x_shape):
         c = (self.num_features,)
@@ -189,6 +200,9 @@ class _Pool2d(Layer):
     def infer(self, x_shape):
         return C.pool2d_output_shape(self.name, x_shape, self.kernel_size, self.stride, self.padding)
 
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
 
 class MaxPool2d(_Pool2d):
     """Max pooling; padded cells never win, ties go to the first cell of the window."""
@@ -210,6 +224,9 @@ class AvgPool2d(_Pool2d):
         super().__init__(kernel_size, stride, padding)
         self.count_include_pad = C.boolean("AvgPool2d", "count_include_pad", count_include_pad)
 
+    def extra_repr(self):
+        return super().extra_repr() + ("" if self.count_include_pad else ", count_include_pad=False")
+
     def forward(self, bk, n):
         bk.avg_pool2d_forward(n.x[0], self.kernel_size, self.stride, self.padding,
                               self.count_include_pad, out=n.y)
@@ -217,6 +234,27 @@ class AvgPool2d(_Pool2d):
     def backward(self, bk, n):
         bk.avg_pool2d_backward(n.dy, n.x[0].shape, self.kernel_size, self.stride, self.padding,
                                self.count_include_pad, out=n.dx[0])
+
+
+class AdaptiveAvgPool2d(Layer):
+    """Average pooling to a fixed (oh, ow) whatever the input's H and W (PyTorch's windows);
+    output_size 1 is global average pooling (a ResNet's head)."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = C.pair("AdaptiveAvgPool2d", "output_size", output_size, minimum=1)
+
+    def infer(self, x_shape):
+        return C.adaptive_pool2d_output_shape(self.name, x_shape, self.output_size)
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+    def forward(self, bk, n):
+        bk.adaptive_avg_pool2d_forward(n.x[0], self.output_size, out=n.y)
+
+    def backward(self, bk, n):
+        bk.adaptive_avg_pool2d_backward(n.dy, n.x[0].shape, out=n.dx[0])
 
 
 # --------------------------------------------------------------------------- elementwise
@@ -257,6 +295,9 @@ class LeakyReLU(Elementwise):
         self.negative_slope = C.real("LeakyReLU", "negative_slope", negative_slope)
         super().__init__(self.negative_slope)
 
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
 
 class Sigmoid(Elementwise):
     op = "sigmoid"
@@ -274,6 +315,9 @@ class GELU(Elementwise):
         self.op = {"none": "gelu", "tanh": "gelu_tanh"}[self.approximate]
         super().__init__()
 
+    def extra_repr(self):
+        return f"approximate={self.approximate!r}"
+
 
 class Dropout(_SameShape):
     """Inverted dropout: a mask from the counter-based generator keyed by the executor's
@@ -282,6 +326,9 @@ class Dropout(_SameShape):
     def __init__(self, p=0.5):
         super().__init__()
         self.p = C.probability("Dropout", "p", p)
+
+    def extra_repr(self):
+        return f"p={self.p}"
 
     def saved(self, x_shape):
         return {"mask": (tuple(x_shape), np.uint8)}
@@ -311,21 +358,6 @@ class Flatten(Layer):
 
     def backward(self, bk, n):
         n.dx[0][...] = n.dy.reshape(n.dx[0].shape)
-
-
-class Add(Layer):
-    """a + b of equal shapes: the join of a residual (skip) connection."""
-
-    def infer(self, a_shape, b_shape):
-        return C.equal_shapes(self.name, "operands", a_shape, b_shape)
-
-    def forward(self, bk, n):
-        bk.add(n.x[0], n.x[1], out=n.y)
-
-    def backward(self, bk, n):
-        for dx in n.dx:
-            if dx is not None:
-                dx[...] = n.dy
 
 
 # --------------------------------------------------------------------------- losses

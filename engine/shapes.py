@@ -19,6 +19,13 @@ def window_output_hw(h: int, w: int, kernel, stride, padding) -> tuple[int, int]
             window_output_size(w, kernel[1], stride[1], padding[1]))
 
 
+def adaptive_window(i: int, size: int, out: int) -> tuple[int, int]:
+    """[start, end) of output cell i of an adaptive pool turning `size` cells into `out`:
+    floor(i*size/out) to ceil((i+1)*size/out), as PyTorch's. Windows overlap when out does
+    not divide size, and repeat cells when out > size."""
+    return (i * size) // out, -(-((i + 1) * size) // out)
+
+
 def conv2d_shape(x_shape, w_shape, stride, padding) -> tuple:
     """x (N, C, H, W) convolved with w (K, C, R, S) -> (N, K, P, Q)."""
     n, _, h, w = x_shape

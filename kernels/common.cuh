@@ -36,6 +36,11 @@ __device__ __forceinline__ int window_output_size(int size, int kernel, int stri
     return (size + 2 * padding - kernel) / stride + 1;
 }
 
+// [start, end) of output cell i of an adaptive pool turning `size` cells into `out`:
+// floor(i*size/out) to ceil((i+1)*size/out), as PyTorch's (Python's twin: engine/shapes.py).
+__device__ __forceinline__ int adaptive_start(int i, int size, int out) { return (i * size) / out; }
+__device__ __forceinline__ int adaptive_end(int i, int size, int out) { return ((i + 1) * size + out - 1) / out; }
+
 // max(v, 0) that lets NaN through, as np.maximum and torch.relu do: a NaN activation must
 // reach the loss (where training stops on it), not turn silently into 0 as fmaxf would.
 __device__ __forceinline__ float relu_value(float v) { return v < 0.0f ? 0.0f : v; }

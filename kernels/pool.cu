@@ -24,6 +24,10 @@
 //   avg_pool2d_forward_kernel    one thread per output
 //   avg_pool2d_backward_kernel   one thread per input cell, gathering dy / divisor from
 //       every window that covers it (no atomics, deterministic)
+//   adaptive_avg_pool2d_forward_kernel    one thread per output (oh, ow): the mean of its
+//       window, rows adaptive_start(i, H, oh) to adaptive_end(i, H, oh), columns likewise
+//   adaptive_avg_pool2d_backward_kernel   one thread per input cell, gathering dy / count
+//       from every window that covers it (windows overlap when oh does not divide H)
 #include "common.cuh"
 
 extern "C" __global__ void max_pool2d_forward_kernel(const float* __restrict__ x, float* __restrict__ y,
@@ -125,3 +129,38 @@ extern "C" __global__ void avg_pool2d_backward_kernel(const float* __restrict__ 
     }
 }
 ENGINE_EXPORT_KERNEL(avg_pool2d_backward_kernel)
+
+extern "C" __global__ void adaptive_avg_pool2d_forward_kernel(const float* __restrict__ x, float* __restrict__ y,
+                                                              int planes, int H, int W, int oh, int ow) {
+    const i64 n = (i64)planes * oh * ow;
+    GRID_STRIDE_LOOP(k, n) {
+        const int j = (int)(k % ow), i = (int)((k / ow) % oh);
+        const float* xp = x + (k / ((i64)oh * ow)) * H * W;
+        const int h0 = adaptive_start(i, H, oh), h1 = adaptive_end(i, H, oh);
+        const int w0 = adaptive_start(j, W, ow), w1 = adaptive_end(j, W, ow);
+        float acc = 0.0f;
+        for (int h = h0; h < h1; ++h)
+            for (int w = w0; w < w1; ++w) acc += xp[h * W + w];
+        y[k] = acc / (float)((h1 - h0) * (w1 - w0));
+    }
+}
+ENGINE_EXPORT_KERNEL(adaptive_avg_pool2d_forward_kernel)
+
+extern "C" __global__ void adaptive_avg_pool2d_backward_kernel(const float* __restrict__ dy, float* __restrict__ dx,
+                                                               int planes, int H, int W, int oh, int ow) {
+    const i64 n = (i64)planes * H * W;
+    GRID_STRIDE_LOOP(k, n) {
+        const int w = (int)(k % W), h = (int)((k / W) % H);
+        const float* dyp = dy + (k / ((i64)H * W)) * oh * ow;
+        // the windows covering row h start at or before it: i from the last start <= h down
+        const int i_hi = min(oh - 1, ((h + 1) * oh - 1) / H), j_hi = min(ow - 1, ((w + 1) * ow - 1) / W);
+        float acc = 0.0f;
+        for (int i = i_hi; i >= 0 && adaptive_end(i, H, oh) > h; --i) {
+            const int rows = adaptive_end(i, H, oh) - adaptive_start(i, H, oh);
+            for (int j = j_hi; j >= 0 && adaptive_end(j, W, ow) > w; --j)
+                acc += dyp[i * ow + j] / (float)(rows * (adaptive_end(j, W, ow) - adaptive_start(j, W, ow)));
+        }
+        dx[k] = acc;
+    }
+}
+ENGINE_EXPORT_KERNEL(adaptive_avg_pool2d_backward_kernel)

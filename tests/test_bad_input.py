@@ -173,6 +173,17 @@ CASES = [
     ("max_pool2d_backward-mixed-device",
      lambda: F.max_pool2d_backward(f32(2, 3, 4, 4), FakeCupyArray(IDX), X.shape), ValueError,
      ["max_pool2d_backward", "one device", "indices on the GPU"]),
+    # --- adaptive_avg_pool2d ----------------------------------------------------------
+    ("adaptive_avg_pool2d-rank", lambda: F.adaptive_avg_pool2d(f32(3, 8, 8), 2), ValueError,
+     ["adaptive_avg_pool2d", "4-D input", "(3, 8, 8)"]),
+    ("adaptive_avg_pool2d-zero", lambda: F.adaptive_avg_pool2d(X, (0, 2)), ValueError,
+     ["adaptive_avg_pool2d", "output_size must be >= 1", "(0, 2)"]),
+    ("adaptive_avg_pool2d-float", lambda: F.adaptive_avg_pool2d(X, 2.5), TypeError,
+     ["adaptive_avg_pool2d", "output_size must be an int or an (h, w) pair", "2.5"]),
+    ("adaptive_avg_pool2d_backward-nc", lambda: F.adaptive_avg_pool2d_backward(f32(2, 4, 1, 1), X.shape),
+     ValueError, ["adaptive_avg_pool2d_backward", "(2, 4)", "(2, 3)"]),
+    ("adaptive_avg_pool2d_backward-x_shape", lambda: F.adaptive_avg_pool2d_backward(f32(2, 3, 1, 1), (2, 3, 8)),
+     ValueError, ["adaptive_avg_pool2d_backward", "x_shape", "4 entries"]),
     # --- avg_pool2d -------------------------------------------------------------------
     ("avg_pool2d-rank", lambda: F.avg_pool2d(f32(8, 8), 2), ValueError,
      ["avg_pool2d", "4-D input", "(8, 8)"]),

@@ -159,6 +159,19 @@ def test_avg_pool2d_forward_and_backward(rng, dtype, count_include_pad, x_shape,
                  **tol("pool"), what="avg_pool2d dx")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("x_shape, output_size", [((2, 3, 13, 13), 6), ((1, 2, 7, 9), (3, 4)), ((2, 4, 5, 5), 1),
+                                                  ((1, 1, 3, 4), (5, 6))])
+def test_adaptive_avg_pool2d_forward_and_backward(rng, dtype, x_shape, output_size):
+    x = randn(rng, x_shape, dtype)
+    y = F.adaptive_avg_pool2d(x, output_size)
+    assert y.shape == x_shape[:2] + pair(output_size)
+    assert_close(y, REF.adaptive_avg_pool2d_forward(x, pair(output_size)), **tol("pool"), what="adaptive y")
+    dy = randn(rng, y.shape, dtype)
+    assert_close(F.adaptive_avg_pool2d_backward(dy, x.shape), REF.adaptive_avg_pool2d_backward(dy, x.shape),
+                 **tol("pool"), what="adaptive dx")
+
+
 # --- batch norm ---------------------------------------------------------------------------
 
 

@@ -251,3 +251,72 @@ def test_numba_is_deterministic():
         first = call(None)
         for _ in range(3):
             np.testing.assert_array_equal(call(None), first, err_msg=f"{name}: differs between runs")
+
+
+# ------------------------------------------------------------------ adaptive average pooling
+
+def adaptive_config(seed: int) -> dict:
+    """Any input size to any output size: divisible, overlapping windows, more outputs than inputs."""
+    rng = rng_for(seed + 20_000)
+    h, w = (int(v) for v in rng.integers(1, 14, size=2))
+    oh, ow = (int(v) for v in rng.integers(1, 9, size=2))
+    return dict(n=int(rng.choice([1, 2, 3])), c=int(rng.choice([1, 3, 16])), h=h, w=w, out=(oh, ow), seed=seed)
+
+
+ADAPTIVE_CONFIGS = [adaptive_config(seed) for seed in range(N_CONFIGS)]
+
+
+def test_adaptive_configs_cover_the_hard_cases():
+    assert any(c["out"][0] > c["h"] for c in ADAPTIVE_CONFIGS)           # cells repeated
+    assert any(c["h"] % c["out"][0] and c["out"][0] < c["h"] for c in ADAPTIVE_CONFIGS)  # windows overlap
+    assert any(c["out"] == (1, 1) or c["h"] == c["out"][0] for c in ADAPTIVE_CONFIGS)
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial-sized", "parallel"])
+def test_adaptive_avg_pool2d_matches_reference(parallel):
+    for cfg in ADAPTIVE_CONFIGS[::4] if parallel else ADAPTIVE_CONFIGS:
+        n = cfg["n"] * (64 if parallel else 1)  # a bigger batch: many planes per thread
+        rng = rng_for(cfg["seed"])
+        x = rng.standard_normal((n, cfg["c"], cfg["h"], cfg["w"])).astype(np.float32)
+        dy = rng.standard_normal((n, cfg["c"], *cfg["out"])).astype(np.float32)
+        what = f"adaptive x {x.shape} -> {cfg['out']}"
+        y = fast.adaptive_avg_pool2d_forward(x, cfg["out"])
+        assert y.dtype == np.float32 and y.shape == dy.shape
+        assert_close(y, ref.adaptive_avg_pool2d_forward(x, cfg["out"]), **tol("pool"), what=f"{what} forward")
+        assert_close(fast.adaptive_avg_pool2d_backward(dy, x.shape), ref.adaptive_avg_pool2d_backward(dy, x.shape),
+                     **tol("pool"), what=f"{what} backward")
+
+
+@pytest.mark.parametrize("shape, out", [((2, 3, 5, 7), (2, 3)), ((1, 2, 3, 4), (5, 6)), ((2, 1, 6, 6), (1, 1))])
+def test_adaptive_reference_backward_matches_finite_differences(shape, out):
+    x = rng_for(3).standard_normal(shape)
+    dy = rng_for(4).standard_normal(shape[:2] + out)
+    num = numerical_grad(lambda v: ref.adaptive_avg_pool2d_forward(v, out), x, dy)
+    assert_close(ref.adaptive_avg_pool2d_backward(dy, shape), num, **tol("gradcheck", "float64"),
+                 what=f"adaptive dx {shape} -> {out}")
+
+
+@pytest.mark.parametrize("shape, out", [((2, 3, 13, 13), (6, 6)), ((1, 2, 7, 9), (3, 4)), ((2, 2, 4, 6), (6, 4)),
+                                        ((3, 4, 5, 5), (1, 1))])
+def test_adaptive_reference_matches_torch(shape, out):
+    torch = pytest.importorskip("torch")
+    x = rng_for(5).standard_normal(shape)
+    dy = rng_for(6).standard_normal(shape[:2] + out)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.nn.functional.adaptive_avg_pool2d(xt, out)
+    (dxt,) = torch.autograd.grad(yt, xt, torch.tensor(dy))
+    g = tol("gradcheck", "float64")
+    assert_close(ref.adaptive_avg_pool2d_forward(x, out), yt.detach().numpy(), **g, what=f"adaptive y {shape}->{out}")
+    assert_close(ref.adaptive_avg_pool2d_backward(dy, shape), dxt.numpy(), **g, what=f"adaptive dx {shape}->{out}")
+
+
+def test_adaptive_numba_is_deterministic_and_writes_out():
+    x = rng_for(7).standard_normal((16, 8, 13, 13)).astype(np.float32)
+    dy = rng_for(8).standard_normal((16, 8, 6, 6)).astype(np.float32)
+    first = fast.adaptive_avg_pool2d_backward(dy, x.shape)
+    out = np.full(x.shape, np.nan, np.float32)
+    assert fast.adaptive_avg_pool2d_backward(dy, x.shape, out=out) is out
+    np.testing.assert_array_equal(out, first)
+    y = np.full(dy.shape, np.nan, np.float32)
+    assert fast.adaptive_avg_pool2d_forward(x, (6, 6), out=y) is y
+    np.testing.assert_array_equal(y, fast.adaptive_avg_pool2d_forward(x, (6, 6)))

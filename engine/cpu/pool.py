@@ -2,8 +2,8 @@
 
 Same ops, layouts and conventions as engine.reference.pool (the spec: -inf padding,
 first maximum wins unless a NaN comes, argmax int32 flat h*W + w in its plane,
-count_include_pad as PyTorch). float32 in, float32 out; avg-pool window sums accumulate
-in float64.
+count_include_pad as PyTorch, PyTorch's adaptive windows). float32 in, float32 out;
+avg-pool window sums accumulate in float64.
 
 Windows are walked over their in-bounds cells only, so padding costs nothing: a padded
 max-pool cell is -inf and never wins, and a padded avg-pool cell adds zero.
@@ -110,6 +110,66 @@ def _avg_pool_backward_kernel(dy, r_, s_, sh, sw, ph, pw, include_pad, dx):
                     row = np.uint64(xoff + hh * w_)
                     for ww in range(w0, w1):
                         dxf[row + np.uint64(ww)] += share
+
+
+@nb.njit(cache=True, inline="always")
+def _adaptive_window(i, size, out):
+    # engine.shapes.adaptive_window: [floor(i*size/out), ceil((i+1)*size/out))
+    return (i * size) // out, ((i + 1) * size + out - 1) // out
+
+
+@nb.njit(cache=True, parallel=True)
+def _adaptive_avg_forward_kernel(x, y):
+    # x (N, C, H, W) -> y (N, C, oh, ow); one (n, c) plane per task
+    n_, c_, h_, w_ = x.shape
+    oh, ow = y.shape[2], y.shape[3]
+    xf, yf = x.reshape(-1), y.reshape(-1)
+    for nc in nb.prange(n_ * c_):
+        xoff = nc * h_ * w_
+        for i in range(oh):
+            h0, h1 = _adaptive_window(i, h_, oh)
+            for j in range(ow):
+                w0, w1 = _adaptive_window(j, w_, ow)
+                total = 0.0  # float64
+                for hh in range(h0, h1):
+                    for ww in range(w0, w1):
+                        total += xf[xoff + hh * w_ + ww]
+                yf[(nc * oh + i) * ow + j] = total / ((h1 - h0) * (w1 - w0))
+
+
+@nb.njit(cache=True, parallel=True)
+def _adaptive_avg_backward_kernel(dy, dx):
+    # dy (N, C, oh, ow) -> dx (N, C, H, W): each window's share added over its cells, one
+    # plane per task in window order, so overlapping windows add up without races
+    n_, c_, h_, w_ = dx.shape
+    oh, ow = dy.shape[2], dy.shape[3]
+    dyf, dxf = dy.reshape(-1), dx.reshape(-1)
+    for nc in nb.prange(n_ * c_):
+        xoff = nc * h_ * w_
+        for k in range(h_ * w_):
+            dxf[xoff + k] = 0.0
+        for i in range(oh):
+            h0, h1 = _adaptive_window(i, h_, oh)
+            for j in range(ow):
+                w0, w1 = _adaptive_window(j, w_, ow)
+                share = np.float32(dyf[(nc * oh + i) * ow + j] / ((h1 - h0) * (w1 - w0)))
+                for hh in range(h0, h1):
+                    for ww in range(w0, w1):
+                        dxf[xoff + hh * w_ + ww] += share
+
+
+def adaptive_avg_pool2d_forward(x, output_size, out=None):
+    """x (N, C, H, W) float32 -> y (N, C, oh, ow): the mean of each adaptive window."""
+    y = np.empty(x.shape[:2] + tuple(output_size), dtype=np.float32) if out is None else out
+    _adaptive_avg_forward_kernel(x, y)
+    return y
+
+
+def adaptive_avg_pool2d_backward(dy, x_shape, out=None):
+    """dy (N, C, oh, ow) -> dx (N, C, H, W): each window's dy shared out over its cells."""
+    dx = np.empty(tuple(x_shape), dtype=np.float32) if out is None else out
+    _adaptive_avg_backward_kernel(dy, dx)
+    return dx
 
 
 def max_pool2d_forward(x, kernel, stride, padding, out=None):

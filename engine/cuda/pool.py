@@ -28,6 +28,14 @@ AVG_BACKWARD = Kernel("pool.cu", "avg_pool2d_backward_kernel",
                       grid=lambda a: grid_1d(a.planes * a.H * a.W))
 
 
+ADAPTIVE_FORWARD = Kernel("pool.cu", "adaptive_avg_pool2d_forward_kernel",
+                          "const float* x, float* y, int planes, int H, int W, int oh, int ow",
+                          grid=lambda a: grid_1d(a.planes * a.oh * a.ow))
+ADAPTIVE_BACKWARD = Kernel("pool.cu", "adaptive_avg_pool2d_backward_kernel",
+                           "const float* dy, float* dx, int planes, int H, int W, int oh, int ow",
+                           grid=lambda a: grid_1d(a.planes * a.H * a.W))
+
+
 def _window(x_shape, kernel, stride, padding) -> tuple:
     n, c, h, w = x_shape
     return (n * c, h, w, *kernel, *stride, *padding)
@@ -59,4 +67,18 @@ def avg_pool2d_forward(L, x, kernel, stride, padding, count_include_pad=True, ou
 def avg_pool2d_backward(L, dy, x_shape, kernel, stride, padding, count_include_pad=True, out=None):
     dx = output(out, x_shape)
     L.launch(AVG_BACKWARD, dy, dx, *_window(x_shape, kernel, stride, padding), int(count_include_pad))
+    return dx
+
+
+def adaptive_avg_pool2d_forward(L, x, output_size, out=None):
+    n, c, h, w = x.shape
+    y = output(out, (n, c, *output_size))
+    L.launch(ADAPTIVE_FORWARD, x, y, n * c, h, w, *output_size)
+    return y
+
+
+def adaptive_avg_pool2d_backward(L, dy, x_shape, out=None):
+    n, c, h, w = x_shape
+    dx = output(out, x_shape)
+    L.launch(ADAPTIVE_BACKWARD, dy, dx, n * c, h, w, dy.shape[2], dy.shape[3])
     return dx

@@ -15,6 +15,9 @@ Conventions, fixed here for every backend (they are PyTorch's):
   a winner;
 * avg pooling with count_include_pad=True divides by R*S (padded zeros count); with
   False, by the number of in-bounds cells of the window.
+* adaptive average pooling turns any (H, W) into the asked (oh, ow): output cell (i, j)
+  averages rows floor(i*H/oh) to ceil((i+1)*H/oh) and the columns likewise (PyTorch's
+  windows, engine.shapes.adaptive_window); windows overlap when oh does not divide H.
 
 Every function accepts any float arrays, computes in float64 and returns float64
 (argmax int32); ``out=`` receives the result when given.
@@ -24,8 +27,8 @@ from __future__ import annotations
 import numpy as np
 
 from engine import shapes
-from engine.cards import LIKE_INPUT, OpCard, Pool, normal, one_output
-from engine.shapes import window_output_hw
+from engine.cards import LIKE_INPUT, Adaptive, OpCard, Pool, normal, one_output
+from engine.shapes import adaptive_window, window_output_hw
 
 
 def _windows(h: int, w: int, kernel, stride, padding):
@@ -116,6 +119,35 @@ def avg_pool2d_backward(dy, x_shape, kernel, stride, padding, count_include_pad=
     return _deliver(dxpad[:, :, ph:ph + h, pw:pw + w], out)
 
 
+def _adaptive_windows(h: int, w: int, output_size):
+    """Yield (i, j, rows, cols): output cell (i, j) and the slices of the input it averages."""
+    oh, ow = output_size
+    for i in range(oh):
+        h0, h1 = adaptive_window(i, h, oh)
+        for j in range(ow):
+            w0, w1 = adaptive_window(j, w, ow)
+            yield i, j, slice(h0, h1), slice(w0, w1)
+
+
+def adaptive_avg_pool2d_forward(x, output_size, out=None):
+    """x (N, C, H, W) -> y (N, C, oh, ow): the mean of each adaptive window."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.zeros(x.shape[:2] + tuple(output_size))
+    for i, j, rows, cols in _adaptive_windows(x.shape[2], x.shape[3], output_size):
+        y[:, :, i, j] = x[:, :, rows, cols].mean(axis=(2, 3))
+    return _deliver(y, out)
+
+
+def adaptive_avg_pool2d_backward(dy, x_shape, out=None):
+    """dy (N, C, oh, ow) -> dx (N, C, H, W): each window's dy / its cell count over its cells."""
+    dy = np.asarray(dy, dtype=np.float64)
+    dx = np.zeros(tuple(x_shape))
+    for i, j, rows, cols in _adaptive_windows(x_shape[2], x_shape[3], dy.shape[2:]):
+        count = (rows.stop - rows.start) * (cols.stop - cols.start)
+        dx[:, :, rows, cols] += dy[:, :, i, j, None, None] / count
+    return _deliver(dx, out)
+
+
 # --------------------------------------------------------------------------------------
 # Cards (engine.cards).
 
@@ -155,4 +187,12 @@ CARDS = [
     OpCard("avg_pool2d_backward", avg_pool2d_backward, Pool,
            lambda r, s: (normal(r, s.y), s.x, s.kernel, s.stride, s.padding, s.count_include_pad), ("dx",),
            lambda dy, x_shape, *_: ((x_shape, LIKE_INPUT),), "pool", torch=_torch_avg_pool_backward),
+    OpCard("adaptive_avg_pool2d_forward", adaptive_avg_pool2d_forward, Adaptive,
+           lambda r, s: (normal(r, s.x), s.out), ("y",),
+           one_output(lambda x, output_size: x.shape[:2] + tuple(output_size)), "pool",
+           torch=lambda T, x, output_size: lambda: T.F.adaptive_avg_pool2d(x, output_size)),
+    OpCard("adaptive_avg_pool2d_backward", adaptive_avg_pool2d_backward, Adaptive,
+           lambda r, s: (normal(r, s.y), s.x), ("dx",), lambda dy, x_shape: ((x_shape, LIKE_INPUT),), "pool",
+           torch=lambda T, dy, x_shape: (lambda x: lambda: T.aten._adaptive_avg_pool2d_backward(dy, x))(
+               T.empty(x_shape))),
 ]
