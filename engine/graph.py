@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine import checks
+
 
 class Value:
     """A symbolic array of a traced graph: its shape, dtype and the node that makes it."""
@@ -28,6 +30,13 @@ class Value:
 
     def __repr__(self):
         return f"Value#{self.index}{self.shape}"
+
+    def __add__(self, other: "Value") -> "Value":
+        """a + b of two traced values of one shape: a residual join (an Add node)."""
+        if not isinstance(other, Value):
+            raise TypeError(f"+ on traced values joins two of them (a residual connection), got "
+                            f"{type(other).__name__}; constants belong in a layer")
+        return Add()(self, other)
 
 
 class Node:
@@ -123,8 +132,28 @@ class Layer:
     def num_params(self) -> int:
         return sum(int(p.size) for p in self.params.values())
 
+    def extra_repr(self) -> str:
+        """The layer's settings, as repr shows them: Conv2d(1, 6, kernel_size=(5, 5), ...)."""
+        return ""
+
     def __repr__(self):
-        return self.name
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+
+class Add(Layer):
+    """a + b of equal shapes: the join of a residual (skip) connection. Written ``a + b`` on
+    traced values in a model's forward, or called as a layer."""
+
+    def infer(self, a_shape, b_shape):
+        return checks.equal_shapes(self.name, "operands", a_shape, b_shape)
+
+    def forward(self, bk, n):
+        bk.add(n.x[0], n.x[1], out=n.y)
+
+    def backward(self, bk, n):
+        for dx in n.dx:
+            if dx is not None:
+                dx[...] = n.dy
 
 
 class Bound:
@@ -143,9 +172,10 @@ class Bound:
 
 
 class Model:
-    """A model made of layers, written like torch.nn.Module: set layers as attributes in
-    __init__ and combine them in forward(x) on traced values. Any wiring works, e.g. a
-    residual block ``return self.add(self.body(x), x)``."""
+    """A model made of layers, written like torch.nn.Module: set layers (and models) as
+    attributes in __init__ and combine them in forward(x) on traced values. Any wiring works,
+    e.g. a residual block ``return self.relu(self.body(x) + x)``. The attribute names are the
+    layers' paths ("layer1.0.conv1"), as torch names them."""
 
     def __call__(self, x: Value) -> Value:
         return self.forward(x)
@@ -153,15 +183,42 @@ class Model:
     def forward(self, x: Value) -> Value:
         raise NotImplementedError
 
+    def children(self):
+        """(name, layer or model) of every attribute that is one (or a list of them), in order."""
+        for name, value in vars(self).items():
+            if isinstance(value, (Layer, Model)):
+                yield name, value
+            elif isinstance(value, (list, tuple)) and value and all(isinstance(v, (Layer, Model)) for v in value):
+                yield from ((f"{name}.{i}", v) for i, v in enumerate(value))
+
+    def named_layers(self, prefix: str = ""):
+        """(dotted path, layer) of every layer inside, depth first in attribute order."""
+        for name, child in self.children():
+            path = f"{prefix}{name}"
+            if isinstance(child, Model):
+                yield from child.named_layers(path + ".")
+            else:
+                yield path, child
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}("]
+        for name, child in self.children():
+            text = repr(child).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {text}")
+        return "\n".join(lines) + "\n)" if len(lines) > 1 else f"{type(self).__name__}()"
+
 
 class Sequential(Model):
-    """Layers applied one after the other."""
+    """Layers applied one after the other; their paths are their positions ("0", "1", ...)."""
 
     def __init__(self, *layers):
         for i, layer in enumerate(layers):
             if not callable(layer):
                 raise TypeError(f"Sequential: item {i} must be a layer, got {type(layer).__name__}")
         self.layers = list(layers)
+
+    def children(self):
+        return ((str(i), layer) for i, layer in enumerate(self.layers))
 
     def forward(self, x: Value) -> Value:
         for layer in self.layers:
@@ -170,19 +227,21 @@ class Sequential(Model):
 
 
 def summary(model, input_shape: tuple) -> str:
-    """A table like Keras's: layer, output shape, parameter count; then the totals.
-    input_shape excludes the batch."""
+    """A table like Keras's: each layer call in order, with its path in the model, its
+    settings, output shape and parameter count; then the totals. input_shape excludes the batch."""
     g = trace(model, (1, *input_shape))
-    rows = [("Layer", "Output shape", "Params")]
+    paths = {id(layer): path for path, layer in model.named_layers()} if isinstance(model, Model) else {}
+    rows = [("Layer", "Settings", "Output shape", "Params")]
     seen = set()
     for node in g.nodes:
         count = 0 if id(node.layer) in seen else node.layer.num_params()
         seen.add(id(node.layer))
-        rows.append((node.layer.name, str(("N", *node.output.shape[1:])).replace("'", ""), f"{count:,}"))
+        rows.append((paths.get(id(node.layer), node.layer.name), repr(node.layer),
+                     str(("N", *node.output.shape[1:])).replace("'", ""), f"{count:,}"))
     total = sum(layer.num_params() for layer in g.layers())
-    w = [max(len(r[i]) for r in rows) for i in range(3)]
-    line = "-" * (w[0] + w[1] + w[2] + 4)
-    fmt = lambda r: f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:>{w[2]}}"  # noqa: E731
+    w = [max(len(r[i]) for r in rows) for i in range(4)]
+    line = "-" * (sum(w) + 6)
+    fmt = lambda r: f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:>{w[3]}}"  # noqa: E731
     body = [fmt(rows[0]), line, *[fmt(r) for r in rows[1:]], line,
             f"Total params: {total:,}", f"Input shape: (N, {', '.join(map(str, input_shape))})"]
     return "\n".join(body)
