@@ -256,6 +256,23 @@ def bind_gradients(ex: "Executor", bound: list, arrays: dict, needs_grad: set) -
                 b.g[name] = ex.grad(b.layer, name)
 
 
+def parameter_layout(layers) -> tuple[dict, int, int]:
+    """Where each parameter lives in the flat arrays: (id(layer), name) -> (offset, shape),
+    the total size, and where the weights end. Weights (conv and dense, rank >= 2) come first
+    and biases and batch-norm parameters after them, so that an optimizer can treat each
+    part as one slice (engine.optim: L1 and weight decay on the weights only). Every
+    parameter starts ALIGN-aligned."""
+    offsets, total, weights_end = {}, 0, 0
+    for weights in (True, False):
+        for layer in layers:
+            for name, value in layer.params.items():
+                if (value.ndim >= 2) == weights:
+                    offsets[(id(layer), name)] = (total, value.shape)
+                    total += _aligned(value.size * FLOAT32) // FLOAT32
+        weights_end = total if weights else weights_end
+    return offsets, total, weights_end
+
+
 class Executor:
     """Runs a model: training steps, evaluation and prediction, on the CPU or the GPU.
 
@@ -290,11 +307,8 @@ class Executor:
         self.layers = probe.layers()
         self.layer_index = {id(layer): i for i, layer in enumerate(self.layers)}
         self.output_shape = probe.outputs[0].shape[1:]
-        offsets, total = {}, 0
-        for layer in self.layers:
-            for name, value in layer.params.items():
-                offsets[(id(layer), name)] = (total, value.shape)
-                total += _aligned(value.size * FLOAT32) // FLOAT32
+        self._offsets, total, self.weights_end = parameter_layout(self.layers)
+        offsets = self._offsets
         xp = self.xp
         self.params_flat = xp.zeros(max(total, 1), np.float32)
         self.grads_flat = xp.zeros(max(total, 1), np.float32)
@@ -316,6 +330,11 @@ class Executor:
 
     def grad(self, layer, name):
         return self._views[(id(layer), name)][1]
+
+    def _state_view(self, state_name: str, layer, name: str):
+        """The slice of one optimizer state array that belongs to a parameter."""
+        offset, shape = self._offsets[(id(layer), name)]
+        return self.opt_state[state_name][offset:offset + int(np.prod(shape))].reshape(shape)
 
     def buffers_of(self, layer) -> dict:
         return self._buffers[id(layer)]
@@ -372,7 +391,8 @@ class Executor:
                 for total, part in b.accumulate:
                     bk.add(total, part, out=total)
         self.step += 1
-        self.optimizer.update(bk, self.params_flat, self.grads_flat, self.opt_state, self.step, self.lr)
+        self.optimizer.step(bk, self.params_flat, self.grads_flat, self.opt_state, self.step, self.lr,
+                            self.weights_end)
         return plan.loss
 
     def eval_step(self, x, y):
@@ -404,7 +424,9 @@ class Executor:
                  "buffers": {f"{i}.{type(layer).__name__}.{k}": host(v)
                              for i, layer in enumerate(self.layers)
                              for k, v in self.buffers_of(layer).items()},
-                 "optimizer": {k: host(v) for k, v in self.opt_state.items()},
+                 # optimizer state per parameter, as the parameters: whatever the flat layout
+                 "optimizer": {s: {k: host(self._state_view(s, layer, name)) for k, layer, name in self._keys()}
+                               for s in self.opt_state},
                  "step": self.step, "lr": self.lr, "seed": self.seed}  # (seed, step) key dropout masks
         return state
 
@@ -423,9 +445,15 @@ class Executor:
                 key = f"{i}.{type(layer).__name__}.{k}"
                 if key in state.get("buffers", {}):
                     self._copy_in(v, state["buffers"][key])
-        for k, v in state.get("optimizer", {}).items():
-            if k in self.opt_state:
-                self._copy_in(self.opt_state[k], v)
+        for s, per_param in state.get("optimizer", {}).items():
+            if s not in self.opt_state:
+                continue
+            if not isinstance(per_param, dict):
+                raise ValueError(f"Executor.load_state_dict: optimizer state {s!r} is one flat array, as an older "
+                                 f"engine wrote it; this one keeps it per parameter")
+            for k, layer, name in self._keys():
+                if k in per_param:
+                    self._copy_in(self._state_view(s, layer, name), per_param[k])
         self.step = int(state.get("step", 0))
         self.seed = int(state.get("seed", self.seed))
         self.lr = float(state.get("lr", self.lr))

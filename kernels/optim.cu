@@ -12,6 +12,10 @@
 //                          p -= lr (m / bc1) / (sqrt(v / bc2) + eps)
 //   rmsprop_update_kernel  g += wd p; sq = alpha sq + (1-alpha) g^2; p -= lr g / (sqrt(sq) + eps)
 //   adagrad_update_kernel  g += wd p; sum += g^2; p -= lr g / (sqrt(sum) + eps)
+//   adadelta_update_kernel g += wd p; sq = rho sq + (1-rho) g^2; d = sqrt(acc + eps) / sqrt(sq + eps) g;
+//                          acc = rho acc + (1-rho) d^2; p -= lr d
+//   weight_penalty_update_kernel  grad += l1 sign(p) + l2 p; p *= shrink (L1, L2 and decoupled
+//                          decay where the optimizer's kernel does not apply them itself)
 #include "common.cuh"
 
 extern "C" __global__ void sgd_update_kernel(float* param, const float* grad, float* velocity, float lr,
@@ -70,3 +74,30 @@ extern "C" __global__ void adagrad_update_kernel(float* param, const float* grad
     }
 }
 ENGINE_EXPORT_KERNEL(adagrad_update_kernel)
+
+extern "C" __global__ void adadelta_update_kernel(float* param, const float* grad, float* square_avg,
+                                                  float* acc_delta, float lr, float rho, float eps,
+                                                  float weight_decay, i64 n) {
+    GRID_STRIDE_LOOP(i, n) {
+        const float p = param[i];
+        const float g = grad[i] + weight_decay * p;
+        const float sq = rho * square_avg[i] + (1.0f - rho) * g * g;
+        const float acc = acc_delta[i];
+        const float delta = sqrtf(acc + eps) / sqrtf(sq + eps) * g;
+        square_avg[i] = sq;
+        acc_delta[i] = rho * acc + (1.0f - rho) * delta * delta;
+        param[i] = p - lr * delta;
+    }
+}
+ENGINE_EXPORT_KERNEL(adadelta_update_kernel)
+
+extern "C" __global__ void weight_penalty_update_kernel(float* param, float* grad, float l1, float l2, float shrink,
+                                                        i64 n) {
+    GRID_STRIDE_LOOP(i, n) {
+        const float p = param[i];
+        const float sign = p > 0.0f ? 1.0f : (p < 0.0f ? -1.0f : 0.0f);
+        grad[i] = grad[i] + l1 * sign + l2 * p;
+        param[i] = p * shrink;
+    }
+}
+ENGINE_EXPORT_KERNEL(weight_penalty_update_kernel)

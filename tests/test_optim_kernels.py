@@ -49,6 +49,7 @@ UPDATES = {
                                   c["decoupled"])),
     "rmsprop_update": (1, lambda c: (c["lr"], c["alpha"], c["eps"], c["weight_decay"])),
     "adagrad_update": (1, lambda c: (c["lr"], c["eps"], c["weight_decay"])),
+    "adadelta_update": (2, lambda c: (c["lr"], c["alpha"], c["eps"], c["weight_decay"])),  # alpha as rho
 }
 CONFIGS = [optim_config(seed) for seed in range(N_CONFIGS)]
 
@@ -139,11 +140,14 @@ def torch_cases(torch):
                     lambda t: (0.01, 0.9, 1e-8, 0.05)),
         "Adagrad": (lambda p: o.Adagrad([p], lr=0.1, eps=1e-10, weight_decay=0.05), "adagrad_update", 1,
                     lambda t: (0.1, 1e-10, 0.05)),
+        "Adadelta": (lambda p: o.Adadelta([p]), "adadelta_update", 2, lambda t: (1.0, 0.9, 1e-6, 0.0)),
+        "Adadelta wd": (lambda p: o.Adadelta([p], lr=0.5, rho=0.95, eps=1e-5, weight_decay=0.1), "adadelta_update",
+                        2, lambda t: (0.5, 0.95, 1e-5, 0.1)),
     }
 
 
 @pytest.mark.parametrize("name", ["SGD", "SGD weight decay", "SGD momentum", "SGD Nesterov + wd", "Adam",
-                                  "Adam L2", "AdamW", "RMSprop", "Adagrad"])
+                                  "Adam L2", "AdamW", "RMSprop", "Adagrad", "Adadelta", "Adadelta wd"])
 def test_updates_agree_with_torch_optim_over_several_steps(name):
     torch = pytest.importorskip("torch")
     make, update, n_states, hyper = torch_cases(torch)[name]
@@ -177,3 +181,28 @@ def test_updates_are_bitwise_deterministic():
             results.append((param, *states))
         for again in results[1:]:
             assert all(np.array_equal(a, b) for a, b in zip(results[0], again)), update
+
+
+# ------------------------------------------------------------------ the weight penalty
+
+
+@pytest.mark.parametrize("l1, l2, shrink", [(1e-3, 0.0, 1.0), (0.0, 5e-4, 1.0), (1e-2, 1e-3, 1.0),
+                                            (0.0, 0.0, 1.0 - 0.1 * 0.05)])
+def test_weight_penalty_matches_reference_and_torch(l1, l2, shrink):
+    """grad gains what L1 (l1 |p|) and L2 (l2 p^2 / 2) add to a loss's gradient, as torch's
+    autograd computes it, and p shrinks as decoupled weight decay does; sign(0) is 0."""
+    rng = rng_for(11)
+    param = rng.standard_normal(1001).astype(np.float32)
+    param[::10] = 0.0
+    grad = rng.standard_normal(1001).astype(np.float32)
+    p32, g32 = param.copy(), grad.copy()
+    p64, g64 = param.astype(np.float64), grad.astype(np.float64)
+    assert fast.weight_penalty_update(p32, g32, l1, l2, shrink) is None
+    ref.weight_penalty_update(p64, g64, l1, l2, shrink)
+    assert_close(g32, g64, **TOL, what="penalty grad")
+    assert_close(p32, p64, **TOL, what="penalty param")
+    torch = pytest.importorskip("torch")
+    t = torch.tensor(param.astype(np.float64), requires_grad=True)
+    (l1 * t.abs().sum() + l2 / 2 * (t * t).sum()).backward()
+    assert_close(g64 - grad, t.grad.numpy(), **EXACT64, what="penalty vs torch autograd")
+    assert_close(p64, param * shrink, **EXACT64, what="decoupled decay")

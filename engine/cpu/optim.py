@@ -62,6 +62,28 @@ def _adagrad(param, grad, sum_sq, lr, eps, weight_decay):
         param[i] = p - lr * g / (np.sqrt(s) + eps)
 
 
+@kernel_pair()
+def _adadelta(param, grad, square_avg, acc_delta, lr, rho, eps, weight_decay):
+    for i in prange(param.size):
+        p = np.float64(param[i])
+        g = np.float64(grad[i]) + weight_decay * p
+        sq = rho * np.float64(square_avg[i]) + (1.0 - rho) * g * g
+        acc = np.float64(acc_delta[i])
+        delta = np.sqrt(acc + eps) / np.sqrt(sq + eps) * g
+        square_avg[i] = sq
+        acc_delta[i] = rho * acc + (1.0 - rho) * delta * delta
+        param[i] = p - lr * delta
+
+
+@kernel_pair()
+def _weight_penalty(param, grad, l1, l2, shrink):
+    for i in prange(param.size):
+        p = np.float64(param[i])
+        sign = 1.0 if p > 0 else (-1.0 if p < 0 else 0.0)
+        grad[i] = np.float64(grad[i]) + l1 * sign + l2 * p
+        param[i] = p * shrink
+
+
 def sgd_update(param, grad, velocity, lr, momentum, weight_decay, nesterov) -> None:
     _sgd(param, grad, velocity, float(lr), float(momentum), float(weight_decay), bool(nesterov))
 
@@ -79,3 +101,11 @@ def rmsprop_update(param, grad, square_avg, lr, alpha, eps, weight_decay) -> Non
 
 def adagrad_update(param, grad, sum_sq, lr, eps, weight_decay) -> None:
     _adagrad(param, grad, sum_sq, float(lr), float(eps), float(weight_decay))
+
+
+def adadelta_update(param, grad, square_avg, acc_delta, lr, rho, eps, weight_decay) -> None:
+    _adadelta(param, grad, square_avg, acc_delta, float(lr), float(rho), float(eps), float(weight_decay))
+
+
+def weight_penalty_update(param, grad, l1, l2, shrink) -> None:
+    _weight_penalty(param, grad, float(l1), float(l2), float(shrink))

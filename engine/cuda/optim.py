@@ -16,6 +16,10 @@ RMSPROP = Kernel("optim.cu", "rmsprop_update_kernel", "float* param, const float
                  "float lr, float alpha, float eps, float weight_decay, i64 n", **_FLAT)
 ADAGRAD = Kernel("optim.cu", "adagrad_update_kernel", "float* param, const float* grad, float* sum_sq, float lr, "
                  "float eps, float weight_decay, i64 n", **_FLAT)
+ADADELTA = Kernel("optim.cu", "adadelta_update_kernel", "float* param, const float* grad, float* square_avg, "
+                  "float* acc_delta, float lr, float rho, float eps, float weight_decay, i64 n", **_FLAT)
+PENALTY = Kernel("optim.cu", "weight_penalty_update_kernel", "float* param, float* grad, float l1, float l2, "
+                 "float shrink, i64 n", **_FLAT)
 
 
 def sgd_update(L, param, grad, velocity, lr, momentum, weight_decay, nesterov) -> None:
@@ -37,3 +41,11 @@ def rmsprop_update(L, param, grad, square_avg, lr, alpha, eps, weight_decay) -> 
 
 def adagrad_update(L, param, grad, sum_sq, lr, eps, weight_decay) -> None:
     L.launch(ADAGRAD, param, grad, sum_sq, lr, eps, weight_decay, param.size)
+
+
+def adadelta_update(L, param, grad, square_avg, acc_delta, lr, rho, eps, weight_decay) -> None:
+    L.launch(ADADELTA, param, grad, square_avg, acc_delta, lr, rho, eps, weight_decay, param.size)
+
+
+def weight_penalty_update(L, param, grad, l1, l2, shrink) -> None:
+    L.launch(PENALTY, param, grad, l1, l2, shrink, param.size)

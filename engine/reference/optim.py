@@ -13,6 +13,14 @@ modified. Weight decay ``wd`` is L2 (g = grad + wd * p) except in AdamW.
              p -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
     RMSprop  g = grad + wd p;  sq = alpha sq + (1 - alpha) g^2;  p -= lr g / (sqrt(sq) + eps)
     Adagrad  g = grad + wd p;  sum += g^2;  p -= lr g / (sqrt(sum) + eps)
+    Adadelta g = grad + wd p;  sq = rho sq + (1 - rho) g^2;
+             d = sqrt(acc + eps) / sqrt(sq + eps) g;  acc = rho acc + (1 - rho) d^2;  p -= lr d
+
+weight_penalty_update applies what an update kernel does not, to the part of the flat
+arrays it is given (the optimizer decides which: weights only, or everything):
+
+    grad += l1 sign(p) + l2 p;   then p *= shrink
+    (an L1 penalty l1 |p|, an L2 one l2 p^2 / 2, and decoupled weight decay, shrink = 1 - lr wd)
 """
 from __future__ import annotations
 
@@ -67,6 +75,22 @@ def adagrad_update(param, grad, sum_sq, lr, eps, weight_decay) -> None:
     param[...] = p - lr * g / (np.sqrt(s) + eps)
 
 
+def adadelta_update(param, grad, square_avg, acc_delta, lr, rho, eps, weight_decay) -> None:
+    p = _f64(param)
+    g = _f64(grad) + weight_decay * p
+    sq = rho * _f64(square_avg) + (1.0 - rho) * g * g
+    delta = np.sqrt(_f64(acc_delta) + eps) / np.sqrt(sq + eps) * g
+    square_avg[...] = sq
+    acc_delta[...] = rho * _f64(acc_delta) + (1.0 - rho) * delta * delta
+    param[...] = p - lr * delta
+
+
+def weight_penalty_update(param, grad, l1, l2, shrink) -> None:
+    p = _f64(param)
+    grad[...] = _f64(grad) + l1 * np.sign(p) + l2 * p  # sign(0) = 0, as torch.sign
+    param[...] = p * shrink
+
+
 # --------------------------------------------------------------------------------------
 # Cards (engine.cards): in place, nothing returned. variant 1 turns on the other switches.
 
@@ -96,6 +120,25 @@ def _adagrad_inputs(rng, s: Flat):
     p, g = normal(rng, s.numel), normal(rng, s.numel)
     sum_sq = rng.uniform(0.0, 1.0, s.numel).astype(np.float32)
     return p, g, sum_sq, 1e-2, 1e-10, (1e-4 if s.variant else 0.0)
+
+
+def _adadelta_inputs(rng, s: Flat):
+    p, g = normal(rng, s.numel), normal(rng, s.numel)
+    sq, acc = (rng.uniform(0.0, 0.1, s.numel).astype(np.float32) for _ in range(2))
+    return p, g, sq, acc, 1.0, 0.9, 1e-6, (1e-2 if s.variant else 0.0)
+
+
+def _penalty_inputs(rng, s: Flat):
+    p, g = normal(rng, s.numel), normal(rng, s.numel)
+    p[::7] = 0.0  # sign(0) = 0
+    return (p, g, 0.0, 0.0, 1.0 - 0.1 * 0.01) if s.variant else (p, g, 1e-3, 5e-4, 1.0)
+
+
+def _torch_penalty(T, param, grad, l1, l2, shrink):
+    def step():  # what the L1 and L2 terms add to the gradient, and a decoupled decay
+        grad.add_(param.sign(), alpha=l1).add_(param, alpha=l2)
+        param.mul_(shrink)
+    return step
 
 
 def _torch_step(make_optimizer):
@@ -129,4 +172,10 @@ CARDS = [
     OpCard("adagrad_update", adagrad_update, Flat, _adagrad_inputs, ("param", "sum_sq"), _no_outputs, "optim",
            inplace=(0, 2),
            torch=_torch_step(lambda o, p, s, lr, eps, wd: o.Adagrad([p], lr=lr, eps=eps, weight_decay=wd))),
+    OpCard("adadelta_update", adadelta_update, Flat, _adadelta_inputs, ("param", "square_avg", "acc_delta"),
+           _no_outputs, "optim", inplace=(0, 2, 3),
+           torch=_torch_step(lambda o, p, sq, acc, lr, rho, eps, wd:
+                             o.Adadelta([p], lr=lr, rho=rho, eps=eps, weight_decay=wd))),
+    OpCard("weight_penalty_update", weight_penalty_update, Flat, _penalty_inputs, ("param", "grad"), _no_outputs,
+           "optim", inplace=(0, 1), torch=_torch_penalty),
 ]
