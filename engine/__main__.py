@@ -1,10 +1,19 @@
-"""Command line: python -m engine {train, summary, validate, bench} ...
+"""Command line: python -m engine {train, cv, lr-find, summary, validate, bench} ...
 
     python -m engine train lenet                 # bundled MNIST subset, best working device
-    python -m engine train lenet --data idx:/path/to/mnist --epochs 5 --json out.json
-    python -m engine summary alexnet
+    python -m engine train lenet --optimizer sgd --weight-decay 5e-4 --l1 1e-5 --augment
+    python -m engine train resnet8 --schedule onecycle --lr 0.1 --optimizer sgd
+    python -m engine train alexnet-small --data folder:/data/imgs --width 0.5 --convs 1,2,5
+    python -m engine train my_models.py:FlatNet --epochs 5 --json out.json
+    python -m engine cv lenet --folds 5 --plots cv/     # k-fold cross-validation, box plot
+    python -m engine lr-find lenet --optimizer sgd      # learning-rate range test, plot
+    python -m engine summary resnet18
     python -m engine validate                    # every kernel against the float64 spec
     python -m engine bench --quick               # benchmarks -> benchmarks/results/
+
+Training holds out a validation split of the training data (--val-split, stratified):
+the curves, early stopping and its weight restore use it; the test split is evaluated
+once, at the end, and reported apart.
 """
 from __future__ import annotations
 
@@ -14,73 +23,180 @@ import os
 import sys
 import time
 
+MODEL_OPTIONS = ("width", "convs", "kernels", "strides", "hidden", "dropout", "batch_norm")
 
 
-def _load_data(spec: str, model: str, seed: int, synthetic_size: int):
-    """bundled | idx:PATH | folder:PATH | synthetic -> Dataset-like (train, test, classes)."""
+def _ints(text: str) -> tuple:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    """The options every training command shares: model, data, optimizer, schedule, device."""
+    p.add_argument("model", help="a built-in model (see `summary`) or FILE.py:NAME")
+    p.add_argument("--data", default="bundled", help="bundled (default), idx:PATH, folder:PATH or synthetic")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="image side for folder/synthetic data (default: the model's own input size)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="default 32: on the 3,600 bundled training images, twice the steps of 64 and ~0.5%% better")
+    p.add_argument("--optimizer", default="adamw", choices=["sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta"])
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's, e.g. sgd 0.01)")
+    p.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9)")
+    p.add_argument("--nesterov", action="store_true", help="SGD with Nesterov momentum")
+    p.add_argument("--weight-decay", type=float, default=None, help="L2 weight decay (default: adamw 0.01, else 0)")
+    p.add_argument("--decoupled", action="store_true", help="decoupled weight decay (AdamW's rule) for any optimizer")
+    p.add_argument("--no-decay-bias", action="store_true",
+                   help="no weight decay on biases and batch-norm parameters (the weights only)")
+    p.add_argument("--l1", type=float, default=0.0, help="L1 penalty on the weights (default 0)")
+    p.add_argument("--schedule", default="cosine", choices=["constant", "step", "cosine", "onecycle"])
+    p.add_argument("--val-split", type=float, default=0.1,
+                   help="share of the training data held out for validation, stratified (default 0.1; 0: none)")
+    p.add_argument("--augment", action="store_true",
+                   help="random shifts (and mirroring, except for digits) of the training images")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--synthetic-size", type=int, default=2048, help="images for --data synthetic")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    m = p.add_argument_group("model options (for the models that take them, e.g. alexnet, lenet)")
+    m.add_argument("--width", type=float, help="feature maps per conv, times this")
+    m.add_argument("--convs", type=_ints, help="which convs to keep, e.g. 1,2,5")
+    m.add_argument("--kernels", type=_ints, help="kernel size of each conv, e.g. 11,5,3,3,3")
+    m.add_argument("--strides", type=_ints, help="stride of each conv, e.g. 4,1,1,1,1")
+    m.add_argument("--hidden", type=_ints, help="the classifier's hidden sizes, e.g. 4096,4096")
+    m.add_argument("--dropout", type=float, help="dropout probability (alexnet*, lenet)")
+    m.add_argument("--batch-norm", action="store_true", default=None, help="batch norm after each conv (lenet)")
+
+
+def _model_options(args) -> dict:
+    return {k: getattr(args, k) for k in MODEL_OPTIONS if getattr(args, k, None) is not None}
+
+
+def _input_shape(args) -> tuple | None:
+    """(C, H, W) the model is built for: its own, or --image-size with its channels."""
+    from engine.models import find_model
+    _, shape = find_model(args.model)
+    if args.image_size is not None:
+        channels = shape[0] if shape else 3
+        return (channels, args.image_size, args.image_size)
+    return shape
+
+
+def _load_data(args):
+    """bundled | idx:PATH | folder:PATH | synthetic -> Dataset (train, test, classes, mean, std)."""
     from engine import data
-    from engine.models import MODELS
-    kind, _, path = spec.partition(":")
+    kind, _, path = args.data.partition(":")
     if kind == "bundled":
-        return data.load_bundled_mnist(seed=seed)
+        return data.load_bundled_mnist(seed=args.seed)
     if kind == "idx":
         return data.load_mnist_idx(path)
-    if kind == "folder":
-        c, h, _ = MODELS[model][1]
-        return data.load_image_folder(path, size=int(h * 256 / 224), crop=h, channels=c)
-    if kind == "synthetic":
-        shape = MODELS[model][1]
-        train = data.synthetic(synthetic_size, shape, 10, seed=seed)
-        test = data.synthetic(max(synthetic_size // 4, 1), shape, 10, seed=seed + 1)
+    if kind in ("folder", "synthetic"):
+        shape = _input_shape(args)
+        if shape is None:
+            raise ValueError(f"--data {kind} needs --image-size: {args.model} does not say its input size")
+        if kind == "folder":
+            c, h, _ = shape
+            return data.load_image_folder(path, size=max(h + 1, int(h * 256 / 224)), crop=h, channels=c)
+        train = data.synthetic(args.synthetic_size, shape, 10, seed=args.seed)
+        test = data.synthetic(max(args.synthetic_size // 4, 1), shape, 10, seed=args.seed + 1)
         return data.Dataset(train, test, tuple(str(i) for i in range(10)), (0.0,) * shape[0], (1.0,) * shape[0])
-    raise ValueError(f"train: --data must be bundled, idx:PATH, folder:PATH or synthetic, got {spec!r}")
+    raise ValueError(f"--data must be bundled, idx:PATH, folder:PATH or synthetic, got {args.data!r}")
+
+
+def _optimizer(args):
+    from engine.optim import DEFAULT_LR, make_optimizer
+    kwargs = dict(l1=args.l1, decay_all=not args.no_decay_bias)
+    if args.weight_decay is not None:
+        kwargs["weight_decay"] = args.weight_decay
+    if args.decoupled:
+        kwargs["decoupled"] = True
+    if args.optimizer == "sgd":
+        kwargs.update(momentum=0.9 if args.momentum is None else args.momentum, nesterov=args.nesterov)
+    elif args.momentum is not None or args.nesterov:
+        raise ValueError(f"--momentum and --nesterov are SGD's; --optimizer is {args.optimizer}")
+    return make_optimizer(args.optimizer, DEFAULT_LR[args.optimizer] if args.lr is None else args.lr, **kwargs)
+
+
+def _executor(args, ds, seed: int):
+    """A fresh model (initialised from seed) and its executor for the data set."""
+    from engine import nn
+    from engine.executor import Executor
+    from engine.models import build_model
+    nn.manual_seed(seed)
+    model = build_model(args.model, ds.num_classes, ds.train.x.shape[1], **_model_options(args))
+    return Executor(model, ds.train.x.shape[1:], optimizer=_optimizer(args), device=args.device, seed=seed)
+
+
+def _augment(args, ds):
+    """Shifts of up to 1/14 of the side, padded with black; mirroring only for natural images."""
+    if not args.augment:
+        return None
+    import numpy as np
+    from engine.data import Augment
+    fill = [-m / s for m, s in zip(ds.mean, ds.std)]  # a black pixel, normalised
+    digits = not args.data.startswith("folder:")
+    return Augment(shift=max(1, ds.train.x.shape[2] // 14), flip=not digits, fill=np.array(fill), seed=args.seed)
+
+
+def _split_validation(args, ds):
+    """(train x, y), (validation x, y) or None: the stratified validation share of the training data."""
+    from engine import checks as C
+    from engine.data import stratified_split
+    share = C.real("train", "--val-split", args.val_split, low=0.0, high=1.0, high_open=True)
+    x, y = ds.train
+    if share == 0:
+        return (x, y), None
+    train_idx, val_idx = stratified_split(y, share, seed=args.seed)
+    return (x[train_idx], y[train_idx]), (x[val_idx], y[val_idx])
 
 
 def cmd_train(args) -> int:
-    from engine import nn
     from engine.data import DataLoader
-    from engine.executor import Executor
-    from engine.models import MODELS
-    from engine.optim import make_optimizer
     from engine.plots import plot_confusion_matrix, plot_history
     from engine.schedules import make_schedule
     from engine.training import EarlyStopping, evaluate, fit
 
-    build, _ = MODELS[args.model]
-    ds = _load_data(args.data, args.model, args.seed, args.synthetic_size)
-    (x_train, y_train), (x_test, y_test) = ds.train, ds.test
-    nn.manual_seed(args.seed)
-    model = build(num_classes=ds.num_classes, in_channels=x_train.shape[1])
-    optimizer = make_optimizer(args.optimizer, args.lr)
-    ex = Executor(model, x_train.shape[1:], optimizer=optimizer, device=args.device, seed=args.seed)
+    ds = _load_data(args)
+    (x_train, y_train), val = _split_validation(args, ds)
+    x_test, y_test = ds.test
+    ex = _executor(args, ds, args.seed)
+    augment = _augment(args, ds)
     print(f"{args.model}: {ex.num_params():,} parameters on {ex.device} (backend {ex.bk.name}); "
-          f"{len(x_train)} training and {len(x_test)} held-out images, {ds.num_classes} classes; "
-          f"{optimizer}, schedule {args.schedule}, batch {args.batch_size}, {args.epochs} epochs")
-    loader = DataLoader(x_train, y_train, args.batch_size, shuffle=True, seed=args.seed)
+          f"{len(x_train)} training, {0 if val is None else len(val[0])} validation and {len(x_test)} test images, "
+          f"{ds.num_classes} classes; {ex.optimizer}, schedule {args.schedule}, batch {args.batch_size}, "
+          f"{args.epochs} epochs{', ' + repr(augment) if augment else ''}")
+    loader = DataLoader(x_train, y_train, args.batch_size, shuffle=True, seed=args.seed, augment=augment)
     early = EarlyStopping(patience=args.patience) if args.patience else None
+    if early is not None and val is None:
+        raise ValueError("--patience needs a validation split (--val-split > 0)")
     t0 = time.perf_counter()
-    history = fit(ex, loader, args.epochs, val=(x_test, y_test), schedule=make_schedule(args.schedule, args.epochs),
-                  early_stopping=early, checkpoint=args.checkpoint, resume=args.resume,
-                  progress=not args.no_progress)
+    history = fit(ex, loader, args.epochs, val=val, schedule=make_schedule(args.schedule, args.epochs),
+                  early_stopping=early, checkpoint=args.checkpoint, resume=args.resume, progress=not args.no_progress)
     seconds = time.perf_counter() - t0
-    report = evaluate(ex, x_test, y_test)
-    images = history.epochs * len(x_train)
-    train_seconds = sum(history["seconds"]) or seconds
-    print(f"held-out accuracy {report['accuracy']:.4f} (loss {report['loss']:.4f}, macro precision "
-          f"{report['precision']:.4f}, macro recall {report['recall']:.4f}) after {history.epochs} epochs "
-          f"in {seconds:.1f}s")
+    test = evaluate(ex, x_test, y_test)  # once, at the end
+    print(f"test accuracy {test['accuracy']:.4f} (loss {test['loss']:.4f}, macro precision {test['precision']:.4f}, "
+          f"macro recall {test['recall']:.4f}, macro F1 {test['f1']:.4f}) after {history.epochs} epochs "
+          f"in {seconds:.1f}s" + (f"; validation accuracy {history['val_accuracy'][-1]:.4f}" if val else ""))
     if args.plots:
         os.makedirs(args.plots, exist_ok=True)
         plot_history(history, os.path.join(args.plots, "learning_curves.png"))
-        plot_confusion_matrix(report["confusion_matrix"], ds.class_names, os.path.join(args.plots, "confusion_matrix.png"))
+        plot_confusion_matrix(test["confusion_matrix"], ds.class_names, os.path.join(args.plots, "confusion_matrix.png"))
         print(f"plots written to {args.plots}/")
     if args.json:
-        summary = {"model": args.model, "data": args.data, "held_out_accuracy": report["accuracy"],
-                   "held_out_loss": report["loss"], "final_train_loss": history["loss"][-1] if history["loss"] else None,
+        train_seconds = sum(history["seconds"]) or seconds
+        summary = {"model": args.model, "model_options": _model_options(args), "data": args.data,
+                   "held_out_accuracy": test["accuracy"], "held_out_loss": test["loss"],
+                   "test": {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in test.items()},
+                   "final_train_loss": history["loss"][-1] if history["loss"] else None,
                    "final_val_loss": history["val_loss"][-1] if history["val_loss"] else None,
+                   "final_val_accuracy": history["val_accuracy"][-1] if history["val_accuracy"] else None,
+                   "val_split": args.val_split, "augment": repr(augment) if augment else None,
                    "epochs": history.epochs, "seconds": seconds, "device": ex.device, "backend": ex.bk.name,
-                   "images_per_second": images / train_seconds, "optimizer": args.optimizer,
-                   "lr": optimizer.lr, "batch_size": args.batch_size, "seed": args.seed,
+                   "images_per_second": history.epochs * len(x_train) / train_seconds,
+                   "optimizer": args.optimizer, "optimizer_settings": repr(ex.optimizer), "lr": ex.optimizer.lr,
+                   "schedule": args.schedule, "batch_size": args.batch_size, "seed": args.seed,
                    "history": dict(history)}
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=2)
@@ -88,50 +204,108 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_summary(args) -> int:
-    from engine.graph import summary
-    from engine.models import MODELS
-    build, shape = MODELS[args.model]
-    print(summary(build(num_classes=args.num_classes) if args.num_classes else build(), shape))
+def cmd_cv(args) -> int:
+    from engine.plots import plot_folds
+    from engine.schedules import make_schedule
+    from engine.training import cross_validate
+
+    ds = _load_data(args)
+    x, y = ds.train
+    print(f"{args.model}: {args.folds}-fold cross-validation on {len(x)} training images "
+          f"({args.epochs} epochs per fold, {_optimizer(args)})")
+    result = cross_validate(lambda fold: _executor(args, ds, args.seed + fold), x, y, args.folds, args.epochs,
+                            args.batch_size, args.seed, schedule=make_schedule(args.schedule, args.epochs),
+                            augment=_augment(args, ds), progress=not args.no_progress)
+    for metric, value in result["summary"].items():
+        print(f"{metric}: {value['mean']:.4f} +- {value['std']:.4f} over {args.folds} folds")
+    if args.plots:
+        os.makedirs(args.plots, exist_ok=True)
+        plot_folds(result["folds"], os.path.join(args.plots, "cross_validation.png"))
+        print(f"plots written to {args.plots}/")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": args.model, "folds": args.folds, "epochs": args.epochs, **result}, f, indent=2)
+        print(f"summary written to {args.json}")
     return 0
 
 
-def main(argv=None) -> int:
-    from engine.models import MODELS
+def cmd_lr_find(args) -> int:
+    from engine.data import DataLoader
+    from engine.plots import plot_lr_find
+    from engine.training import lr_find
+
+    ds = _load_data(args)
+    ex = _executor(args, ds, args.seed)
+    loader = DataLoader(*ds.train, args.batch_size, shuffle=True, seed=args.seed, augment=_augment(args, ds))
+    result = lr_find(ex, loader, args.min_lr, args.max_lr, args.steps)
+    suggested = result["suggested_lr"]
+    print(f"{args.model} with {args.optimizer}: loss fell fastest at lr {suggested:.3g}; tried {len(result['lr'])} "
+          f"rates from {result['lr'][0]:.2g} to {result['lr'][-1]:.2g}" if suggested else
+          "lr-find: too few steps before the loss diverged; lower --min-lr")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    plot_lr_find(result, args.out)
+    print(f"plot written to {args.out}")
+    return 0
+
+
+def cmd_summary(args) -> int:
+    from engine.graph import summary
+    from engine.models import build_model, find_model
+    _, shape = find_model(args.model)
+    shape = args.input_shape or shape
+    if shape is None:
+        raise ValueError(f"summary: {args.model} does not say its input size; give --input-shape C,H,W")
+    model = build_model(args.model, args.num_classes or 10, shape[0], **_model_options(args))
+    print(repr(model) if args.repr else summary(model, shape))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m engine", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a model and report held-out accuracy")
-    t.add_argument("model", choices=sorted(MODELS))
-    t.add_argument("--data", default="bundled", help="bundled (default), idx:PATH, folder:PATH or synthetic")
-    t.add_argument("--epochs", type=int, default=20)
-    t.add_argument("--batch-size", type=int, default=64)
-    # defaults picked on the bundled split (held-out accuracy, seeds 0/1/2): AdamW 2e-3 with cosine
-    # decay gave 97.4/97.1/97.5%; Adam 1e-3 gave 97.1/96.6/97.1%
-    t.add_argument("--optimizer", default="adamw", choices=["sgd", "adam", "adamw", "rmsprop", "adagrad"])
-    t.add_argument("--lr", type=float, default=2e-3, help="learning rate (default 2e-3)")
-    t.add_argument("--schedule", default="cosine", choices=["constant", "step", "cosine", "onecycle"])
-    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    t.add_argument("--seed", type=int, default=0)
+    t = sub.add_parser("train", help="train a model and report its test accuracy")
+    _common(t)
     t.add_argument("--checkpoint", default=None, help="write a checkpoint here after every epoch")
     t.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
     t.add_argument("--patience", type=int, default=0, help="early stopping patience in epochs (0: off)")
     t.add_argument("--json", default=None, help="write a summary of the run as JSON here")
     t.add_argument("--plots", default=None, help="directory for learning-curve and confusion-matrix PNGs")
-    t.add_argument("--synthetic-size", type=int, default=2048, help="images for --data synthetic")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("summary", help="print a model summary")
-    s.add_argument("model", choices=sorted(MODELS))
+    c = sub.add_parser("cv", help="k-fold cross-validation: mean and spread of accuracy and precision")
+    _common(c)
+    c.add_argument("--folds", type=int, default=5)
+    c.add_argument("--json", default=None, help="write the per-fold scores as JSON here")
+    c.add_argument("--plots", default=None, help="directory for the box plot PNG")
+    c.set_defaults(func=cmd_cv, val_split=0.0)
+
+    lr = sub.add_parser("lr-find", help="learning-rate range test: loss against a rising learning rate")
+    _common(lr)
+    lr.add_argument("--min-lr", type=float, default=1e-6)
+    lr.add_argument("--max-lr", type=float, default=1.0)
+    lr.add_argument("--steps", type=int, default=100, help="batches, one learning rate each (default 100)")
+    lr.add_argument("--out", default="lr_find.png", help="the plot (default lr_find.png)")
+    lr.set_defaults(func=cmd_lr_find)
+
+    s = sub.add_parser("summary", help="print a model's layers, output shapes and parameter counts")
+    s.add_argument("model", help="a built-in model or FILE.py:NAME")
     s.add_argument("--num-classes", type=int, default=None)
+    s.add_argument("--input-shape", type=_ints, default=None, help="C,H,W (default: the model's own)")
+    s.add_argument("--repr", action="store_true", help="print the model's repr (its layer tree) instead")
+    for option in MODEL_OPTIONS[:-1]:
+        s.add_argument(f"--{option}", type=float if option in ("width", "dropout") else _ints)
+    s.add_argument("--batch-norm", action="store_true", default=None)
     s.set_defaults(func=cmd_summary)
 
     v = sub.add_parser("validate", help="check every kernel against the float64 reference", add_help=False)
     v.set_defaults(func=None)
     b = sub.add_parser("bench", help="run the benchmarks and write benchmarks/results/", add_help=False)
     b.set_defaults(func=None)
+    return p
 
+
+def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "validate":
         from engine.validate import main as validate_main
@@ -139,7 +313,7 @@ def main(argv=None) -> int:
     if argv and argv[0] == "bench":
         from engine.bench import main as bench_main
         return bench_main(argv[1:])
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:

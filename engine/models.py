@@ -18,17 +18,29 @@ from engine.nn import (AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten,
 from engine.shapes import window_output_size
 
 
-def lenet5(num_classes: int = 10, in_channels: int = 1) -> Sequential:
+def lenet5(num_classes: int = 10, in_channels: int = 1, dropout: float = 0.0, batch_norm: bool = False) -> Sequential:
     """LeNet-5 for 28x28 inputs: conv 6@5x5 pad 2, pool, conv 16@5x5, pool, 120, 84, classes
-    (ReLU and max pooling, the modern form)."""
+    (ReLU and max pooling, the modern form). The regularisation exercises' options: dropout
+    before each of the three linear layers (when > 0), batch norm after each conv (and no conv
+    bias then: batch norm's shift takes its place)."""
     num_classes = C.integer("lenet5", "num_classes", num_classes, minimum=2)
+    dropout = C.real("lenet5", "dropout", dropout, low=0.0, high=1.0, high_open=True)
+
+    def conv(c_in, c_out, **kw):
+        if not batch_norm:
+            return [Conv2d(c_in, c_out, 5, **kw), ReLU()]
+        return [Conv2d(c_in, c_out, 5, bias=False, **kw), BatchNorm2d(c_out), ReLU()]
+
+    def linear(f_in, f_out):
+        return ([Dropout(dropout)] if dropout else []) + [Linear(f_in, f_out)]
+
     return Sequential(
-        Conv2d(in_channels, 6, 5, padding=2), ReLU(), MaxPool2d(2, 2),   # (N, 6, 14, 14)
-        Conv2d(6, 16, 5), ReLU(), MaxPool2d(2, 2),                         # (N, 16, 5, 5)
-        Flatten(),                                                         # (N, 400)
-        Linear(400, 120), ReLU(),
-        Linear(120, 84), ReLU(),
-        Linear(84, num_classes))
+        *conv(in_channels, 6, padding=2), MaxPool2d(2, 2),   # (N, 6, 14, 14)
+        *conv(6, 16), MaxPool2d(2, 2),                         # (N, 16, 5, 5)
+        Flatten(),                                             # (N, 400)
+        *linear(400, 120), ReLU(),
+        *linear(120, 84), ReLU(),
+        *linear(84, num_classes))
 
 
 # --------------------------------------------------------------------------- AlexNet
@@ -116,6 +128,9 @@ def alexnet_small(num_classes: int = 10, in_channels: int = 3, **options) -> Ale
                     name="alexnet-small")
     return AlexNet(num_classes, in_channels, **{**defaults, **options})
 
+
+for _variant in (alexnet, alexnet_narrow, alexnet_flat, alexnet_small):
+    _variant.__signature__ = inspect.signature(AlexNet)  # so build_model names the options they take
 
 # --------------------------------------------------------------------------- ResNet
 
@@ -234,7 +249,10 @@ def build_model(spec: str, num_classes: int, in_channels: int, **options):
         raise ValueError(f"model {spec!r} takes no option {', '.join(refused)} "
                          f"(it takes {', '.join(p for p in params if p not in ('num_classes', 'in_channels')) or 'none'})")
     wanted = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels)) if k in params}
-    model = builder(**wanted, **options)
+    try:
+        model = builder(**wanted, **options)
+    except TypeError as err:  # a user's builder with other arguments: say whose
+        raise ValueError(f"model {spec!r}: {err}") from err
     if not isinstance(model, (Model, Layer)):
         raise ValueError(f"model {spec!r}: {getattr(builder, '__name__', spec)} gave a {type(model).__name__}, "
                          f"not a model (a Sequential, a Model or a Layer)")

@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["plot_history", "plot_confusion_matrix"]
+__all__ = ["plot_history", "plot_confusion_matrix", "plot_folds", "plot_lr_find"]
 
 
 def _save(fig: Figure, path) -> str:
@@ -115,4 +115,50 @@ def plot_confusion_matrix(cm, class_names, path, normalize: bool = False) -> str
                 text = f"{v:.2f}" if normalize or not float(v).is_integer() else f"{int(v)}"
                 ax.text(p, t, text, ha="center", va="center", fontsize=8,
                         color="white" if top > 0 and v > top / 2 else "black")
+    return _save(fig, path)
+
+
+def plot_folds(folds: list, path, metrics=("accuracy", "precision")) -> str:
+    """A box plot per metric of its values over the folds of a cross-validation (the folds
+    drawn as points over the boxes, the mean as a diamond). folds: a list of dicts with those
+    keys, as engine.training.cross_validate returns. Returns the path written."""
+    if not folds or not all(isinstance(f, dict) for f in folds):
+        raise ValueError("plot_folds: folds must be a non-empty list of dicts, one per fold")
+    missing = [m for m in metrics if any(m not in f for f in folds)]
+    if missing:
+        raise ValueError(f"plot_folds: every fold needs {list(metrics)}; missing {missing}")
+    values = [[float(f[m]) for f in folds] for m in metrics]
+    fig = Figure(figsize=(2.2 + 1.8 * len(metrics), 4), layout="constrained")
+    ax = fig.subplots()
+    ax.boxplot(values, tick_labels=[m.replace("precision", "macro precision") for m in metrics], widths=0.5)
+    for i, v in enumerate(values, start=1):
+        ax.scatter(np.full(len(v), i) + np.linspace(-0.08, 0.08, len(v)), v, s=14, color="tab:blue", zorder=3)
+        ax.scatter([i], [np.mean(v)], marker="D", color="tab:red", zorder=4, label="mean" if i == 1 else None)
+    ax.set_ylabel("score on the held-out fold")
+    ax.set_title(f"{len(folds)}-fold cross-validation")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def plot_lr_find(result: dict, path) -> str:
+    """The learning-rate range test: loss (raw, and smoothed) against the learning rate on a
+    log scale, the suggested rate marked. result as engine.training.lr_find returns it."""
+    lrs, losses, smoothed = (np.asarray(result.get(k, []), dtype=np.float64) for k in ("lr", "loss", "smoothed"))
+    if lrs.size < 2 or not (lrs.size == losses.size == smoothed.size):
+        raise ValueError("plot_lr_find: result needs lr, loss and smoothed lists of one length >= 2")
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(lrs, losses, alpha=0.35, label="loss per batch")
+    ax.plot(lrs, smoothed, label="smoothed")
+    if result.get("suggested_lr"):
+        ax.axvline(result["suggested_lr"], color="tab:red", linestyle="--",
+                   label=f"steepest fall: {result['suggested_lr']:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.set_title("learning-rate range test")
+    ax.set_ylim(top=min(float(np.nanmax(losses)), 3 * float(np.nanmin(smoothed))))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
     return _save(fig, path)

@@ -184,3 +184,63 @@ def evaluate(ex, x, y, batch_size: int = 500, with_metrics: bool = True) -> dict
 
 def _host(a) -> np.ndarray:
     return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.array(a)
+
+
+def cross_validate(make_executor, x, y, folds: int, epochs: int, batch_size: int, seed: int = 0,
+                   schedule=None, augment=None, progress: bool = False, log=print) -> dict:
+    """k-fold cross-validation on (x, y): for each of `folds` stratified folds, a fresh
+    executor (make_executor(fold)) trained on the other folds and scored on this one.
+    Returns the per-fold scores (accuracy, macro precision, recall, F1) and their mean and
+    standard deviation: the spread of a metric over folds, as course projects estimate it."""
+    from engine.data import DataLoader, stratified_folds
+    parts = stratified_folds(y, folds, seed)
+    scores = []
+    for k, held in enumerate(parts):
+        train_idx = np.sort(np.concatenate([p for j, p in enumerate(parts) if j != k]))
+        ex = make_executor(k)
+        loader = DataLoader(x[train_idx], y[train_idx], batch_size, seed=seed + k, augment=augment)
+        fit(ex, loader, epochs, schedule=schedule, progress=progress, log=lambda line: None)
+        report = evaluate(ex, x[held], y[held])
+        scores.append({"fold": k + 1, "train": int(train_idx.size), "held": int(held.size),
+                       **{m: float(report[m]) for m in ("accuracy", "precision", "recall", "f1")}})
+        log(f"fold {k + 1}/{folds}: accuracy {scores[-1]['accuracy']:.4f}, macro precision "
+            f"{scores[-1]['precision']:.4f} ({held.size} held out)")
+    summary = {m: {"mean": float(np.mean([s[m] for s in scores])), "std": float(np.std([s[m] for s in scores]))}
+               for m in ("accuracy", "precision", "recall", "f1")}
+    return {"folds": scores, "summary": summary}
+
+
+def lr_find(ex, loader, min_lr: float = 1e-6, max_lr: float = 1.0, steps: int = 100,
+            stop_factor: float = 4.0) -> dict:
+    """The learning-rate range test (Smith's, for one-cycle): train with a learning rate rising
+    geometrically from min_lr to max_lr, one batch each, until the smoothed loss exceeds
+    stop_factor times its lowest; then put the executor back as it was. Returns the learning
+    rates, the raw and smoothed losses, and a suggestion: the rate where the smoothed loss
+    falls fastest."""
+    min_lr = C.real("lr_find", "min_lr", min_lr, low=0.0)
+    max_lr = C.real("lr_find", "max_lr", max_lr, low=0.0)
+    if not 0 < min_lr < max_lr:
+        raise ValueError(f"lr_find: need 0 < min_lr < max_lr, got {min_lr} and {max_lr}")
+    steps = C.integer("lr_find", "steps", steps, minimum=3)
+    saved = ex.state_dict()
+    lrs, losses, smoothed, average, best = [], [], [], 0.0, math.inf
+    batches = iter(())
+    for i in range(steps):
+        xb_yb = next(batches, None)
+        if xb_yb is None:
+            batches = iter(loader)
+            xb_yb = next(batches)
+        ex.lr = min_lr * (max_lr / min_lr) ** (i / (steps - 1))
+        loss = float(ex.train_step(*xb_yb))
+        if not math.isfinite(loss):
+            break
+        average = 0.9 * average + 0.1 * loss
+        value = average / (1 - 0.9 ** (i + 1))  # bias-corrected moving average
+        lrs.append(ex.lr), losses.append(loss), smoothed.append(value)
+        best = min(best, value)
+        if value > stop_factor * best:
+            break
+    ex.load_state_dict(saved)
+    slopes = np.diff(smoothed) / np.diff(np.log(lrs)) if len(lrs) > 2 else np.array([0.0])
+    suggested = lrs[int(np.argmin(slopes))] if len(lrs) > 2 else None
+    return {"lr": lrs, "loss": losses, "smoothed": smoothed, "suggested_lr": suggested}

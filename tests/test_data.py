@@ -396,3 +396,88 @@ def test_loader_errors():
         DataLoader(x, y, 5).set_state(state)
     with pytest.raises(ValueError, match=r"DataLoader.set_state: state lacks \['rng'\]"):
         DataLoader(x, y, 2).set_state({k: v for k, v in state.items() if k != "rng"})
+
+
+# --------------------------------------------------------------------------- folds and augmentation
+
+def test_stratified_folds_partition_with_equal_class_shares():
+    y = np.repeat(np.arange(3), [10, 20, 31])
+    folds = data.stratified_folds(y, 5, seed=3)
+    assert len(folds) == 5
+    assert sorted(np.concatenate(folds).tolist()) == list(range(61))  # disjoint, covering
+    for f in folds:  # each class within one sample of its fair share
+        share = np.bincount(y[f], minlength=3)
+        assert np.all(np.abs(share - np.array([10, 20, 31]) / 5) <= 1), share
+    assert max(len(f) for f in folds) - min(len(f) for f in folds) <= 1
+    again = data.stratified_folds(y, 5, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(folds, again))
+    assert not np.array_equal(folds[0], data.stratified_folds(y, 5, seed=4)[0])
+    with pytest.raises(ValueError, match="stratified_folds: folds"):
+        data.stratified_folds(y, 1)
+    with pytest.raises(ValueError, match="need at least 5 samples, got 3"):
+        data.stratified_folds(y[:3], 5)
+    with pytest.raises(ValueError, match="stratified_folds: y must be"):
+        data.stratified_folds(y.astype(np.float64), 5)
+
+
+def test_augment_shifts_pad_with_fill_and_flips():
+    x = np.arange(2 * 2 * 5 * 5, dtype=np.float32).reshape(2, 2, 5, 5)
+    fill = np.array([-1.0, -2.0], dtype=np.float32)
+    aug = data.Augment(shift=2, flip=False, fill=fill, seed=7)
+    out = aug(x, epoch=0, batch=0)
+    assert out.shape == x.shape and out.dtype == np.float32
+    # rebuild what a shift of (dy, dx) does by hand, for the offsets the generator drew
+    rng = np.random.default_rng((7, 0, 0))
+    dy, dx = rng.integers(0, 5, size=(2, 2))
+    for i in range(2):
+        padded = np.stack([np.pad(x[i, c], 2, constant_values=fill[c]) for c in range(2)])
+        np.testing.assert_array_equal(out[i], padded[:, dy[i]:dy[i] + 5, dx[i]:dx[i] + 5])
+    np.testing.assert_array_equal(aug(x, 0, 0), out)          # same batch, same change
+    assert not np.array_equal(aug(x, 1, 0), out)              # another epoch, another change
+    flipped = data.Augment(shift=0, flip=True, seed=1)(x, 0, 0)
+    for i in range(2):  # each image is either itself or its mirror
+        assert np.array_equal(flipped[i], x[i]) or np.array_equal(flipped[i], x[i, :, :, ::-1])
+    many = data.Augment(shift=0, flip=True, seed=1)(np.repeat(x[:1], 64, axis=0), 0, 0)
+    mirrored = sum(not np.array_equal(m, x[0]) for m in many)
+    assert 16 < mirrored < 48  # about half
+    with pytest.raises(ValueError, match="Augment: shift"):
+        data.Augment(shift=-1)
+
+
+def test_loader_augments_the_same_way_after_a_resume():
+    x = np.random.default_rng(0).standard_normal((40, 1, 6, 6)).astype(np.float32)
+    y = np.arange(40) % 4
+
+    def loader(seed=2):
+        return DataLoader(x, y, 8, seed=seed, augment=data.Augment(shift=1, flip=True, seed=5))
+
+    original = loader()
+    stream = (b for _ in range(100) for b in original)
+    for _ in range(7):  # one epoch of 5 batches, then 2 of the next
+        next(stream)
+    state = json.loads(json.dumps(original.get_state()))
+    expected = [next(stream) for _ in range(8)]
+    resumed = loader(seed=999)
+    resumed.set_state(state)
+    got = [b for _ in range(3) for b in resumed][:8]
+    for (xe, ye), (xg, yg) in zip(expected, got):
+        np.testing.assert_array_equal(yg, ye)
+        np.testing.assert_array_equal(xg, xe)
+    plain = DataLoader(x, y, 8, seed=2)
+    changed = sum(not np.array_equal(a[0], b[0]) for a, b in zip(loader(), plain))
+    assert changed == 5  # every batch was augmented (same order as without augmentation)
+    with pytest.raises(TypeError, match="DataLoader: augment must be an Augment"):
+        DataLoader(x.reshape(40, -1), y, 8, augment=data.Augment())
+
+
+def test_image_folder_says_once_what_it_resized_and_converted(tmp_path):
+    pytest.importorskip("PIL")
+    make_folder(tmp_path, sizes=((6, 6), (9, 7)))
+    lines = []
+    load_image_folder(tmp_path, size=6, crop=4, channels=1, log=lines.append)
+    assert len(lines) == 2, lines
+    assert lines[0] == "load_image_folder: resized 4 of 8 images (shorter side to 6, centre crop 4x4)"
+    assert lines[1] == "load_image_folder: converted 8 of 8 images to greyscale"
+    lines.clear()
+    load_image_folder(tmp_path, size=6, crop=4, channels=3, log=lines.append)
+    assert lines == ["load_image_folder: resized 4 of 8 images (shorter side to 6, centre crop 4x4)"]

@@ -73,6 +73,26 @@ def test_alexnet_refuses_bad_settings(options, error, message):
         alexnet(**options)
 
 
+def test_lenet_regularisation_options_and_option_errors():
+    plain = lenet5()
+    regular = lenet5(dropout=0.5, batch_norm=True)
+    kinds = [type(layer).__name__ for layer in regular.layers]
+    assert kinds.count("Dropout") == 3 and kinds.count("BatchNorm2d") == 2
+    assert kinds.index("BatchNorm2d") == kinds.index("Conv2d") + 1  # conv, batch norm, ReLU
+    assert not any(isinstance(layer, (nn.Dropout, nn.BatchNorm2d)) for layer in plain.layers)
+    assert summary(plain, (1, 28, 28)).count("61,706") == 1
+    assert "bias" not in regular.layers[0].params  # batch norm's shift replaces the conv bias
+    ex = Executor(regular, (1, 28, 28), optimizer=SGD(0.05, momentum=0.9))
+    x = np.random.default_rng(0).standard_normal((16, 1, 28, 28)).astype(np.float32)
+    y = np.arange(16) % 10
+    losses = [float(ex.train_step(x, y)) for _ in range(40)]
+    assert losses[-1] < 0.5 * losses[0]
+    with pytest.raises(ValueError, match=r"lenet5: dropout must be in \[0, 1\), got 1.0"):
+        lenet5(dropout=1.0)
+    with pytest.raises(ValueError, match="model 'alexnet' takes no option batch_norm .it takes width, convs"):
+        build_model("alexnet", 10, 3, batch_norm=True)
+
+
 def test_residual_joins_are_written_with_plus():
     class Block(Model):
         def __init__(self):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("matplotlib")
-from engine.plots import plot_confusion_matrix, plot_history  # noqa: E402
+from engine.plots import plot_confusion_matrix, plot_folds, plot_history, plot_lr_find  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -76,3 +76,24 @@ def test_plot_confusion_matrix_errors(tmp_path):
     with pytest.raises(TypeError, match="cm must be numeric"):
         plot_confusion_matrix(np.array([["a", "b"], ["c", "d"]]), ["a", "b"], path)
     assert not path.exists()
+
+
+def test_plot_folds_and_its_errors(tmp_path):
+    folds = [{"accuracy": a, "precision": a - 0.01} for a in (0.95, 0.97, 0.96, 0.98, 0.94)]
+    path = tmp_path / "cv.png"
+    assert plot_folds(folds, path) == str(path)
+    read_png(path)
+    with pytest.raises(ValueError, match="plot_folds: folds must be a non-empty list"):
+        plot_folds([], path)
+    with pytest.raises(ValueError, match=r"missing \['precision'\]"):
+        plot_folds([{"accuracy": 0.9}], path)
+
+
+def test_plot_lr_find_and_its_errors(tmp_path):
+    lrs = list(np.geomspace(1e-5, 1.0, 40))
+    loss = [2.3 - 2 / (1 + np.exp(-3 * (np.log10(lr) + 2.5))) + (3.0 if lr > 0.3 else 0) for lr in lrs]
+    path = tmp_path / "lr.png"
+    assert plot_lr_find({"lr": lrs, "loss": loss, "smoothed": loss, "suggested_lr": 3e-3}, path) == str(path)
+    read_png(path)
+    with pytest.raises(ValueError, match="plot_lr_find: result needs lr, loss and smoothed"):
+        plot_lr_find({"lr": lrs, "loss": loss[:-1], "smoothed": loss}, path)
