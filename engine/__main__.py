@@ -17,57 +17,60 @@ once, at the end, and reported apart.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
 
+from engine import cli
+from engine.cli import integer, integers, real
+from engine.files import check_output_dir, check_output_file, write_json
+
 MODEL_OPTIONS = ("width", "convs", "kernels", "strides", "hidden", "dropout", "batch_norm")
 
 
-def _ints(text: str) -> tuple:
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: cli.ArgumentParser) -> None:
     """The options every training command shares: model, data, optimizer, schedule, device."""
     p.add_argument("model", help="a built-in model (see `summary`) or FILE.py:NAME")
     p.add_argument("--data", default="bundled", help="bundled (default), idx:PATH, folder:PATH or synthetic")
-    p.add_argument("--image-size", type=int, default=None,
+    p.add_argument("--image-size", type=integer(1), default=None,
                    help="image side for folder/synthetic data (default: the model's own input size)")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=32,
+    p.add_argument("--epochs", type=integer(1), default=20)
+    p.add_argument("--batch-size", type=integer(1), default=32,
                    help="default 32: on the 3,600 bundled training images, twice the steps of 64 and ~0.5%% better")
     p.add_argument("--optimizer", default="adamw", choices=["sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta"])
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's, e.g. sgd 0.01)")
-    p.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9)")
+    p.add_argument("--lr", type=real(0, low_open=True), default=None,
+                   help="learning rate (default: the optimizer's, e.g. sgd 0.01)")
+    p.add_argument("--momentum", type=real(0, 1, high_open=True), default=None, help="SGD momentum (default 0.9)")
     p.add_argument("--nesterov", action="store_true", help="SGD with Nesterov momentum")
-    p.add_argument("--weight-decay", type=float, default=None, help="L2 weight decay (default: adamw 0.01, else 0)")
+    p.add_argument("--weight-decay", type=real(0), default=None, help="L2 weight decay (default: adamw 0.01, else 0)")
     p.add_argument("--decoupled", action="store_true", help="decoupled weight decay (AdamW's rule) for any optimizer")
     p.add_argument("--no-decay-bias", action="store_true",
                    help="no weight decay on biases and batch-norm parameters (the weights only)")
-    p.add_argument("--l1", type=float, default=0.0, help="L1 penalty on the weights (default 0)")
+    p.add_argument("--l1", type=real(0), default=0.0, help="L1 penalty on the weights (default 0)")
     p.add_argument("--schedule", default="cosine", choices=["constant", "step", "cosine", "onecycle"])
-    p.add_argument("--val-split", type=float, default=0.1,
+    p.add_argument("--val-split", type=real(0, 1, high_open=True), default=0.1,
                    help="share of the training data held out for validation, stratified (default 0.1; 0: none)")
     p.add_argument("--augment", action="store_true",
                    help="random shifts (and mirroring, except for digits) of the training images")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--synthetic-size", type=int, default=2048, help="images for --data synthetic")
+    p.add_argument("--seed", type=integer(0, 2**63 - 1), default=0)
+    p.add_argument("--synthetic-size", type=integer(2), default=2048, help="images for --data synthetic")
+    p.add_argument("--on-nonfinite", default="raise", choices=["raise", "stop", "ignore"],
+                   help="a NaN/Inf loss or weights: raise (stop, exit 3; default), stop (keep what was "
+                        "trained, write the outputs, exit 3) or ignore (exit 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     m = p.add_argument_group("model options (for the models that take them, e.g. alexnet, lenet)")
-    m.add_argument("--width", type=float, help="feature maps per conv, times this")
-    m.add_argument("--convs", type=_ints, help="which convs to keep, e.g. 1,2,5")
-    m.add_argument("--kernels", type=_ints, help="kernel size of each conv, e.g. 11,5,3,3,3")
-    m.add_argument("--strides", type=_ints, help="stride of each conv, e.g. 4,1,1,1,1")
-    m.add_argument("--hidden", type=_ints, help="the classifier's hidden sizes, e.g. 4096,4096")
-    m.add_argument("--dropout", type=float, help="dropout probability (alexnet*, lenet)")
-    m.add_argument("--batch-norm", action="store_true", default=None, help="batch norm after each conv (lenet)")
+    _model_arguments(m)
+
+
+def _model_arguments(group) -> None:
+    group.add_argument("--width", type=real(0, low_open=True), help="feature maps per conv, times this")
+    group.add_argument("--convs", type=integers(1), help="which convs to keep, e.g. 1,2,5")
+    group.add_argument("--kernels", type=integers(1), help="kernel size of each conv, e.g. 11,5,3,3,3")
+    group.add_argument("--strides", type=integers(1), help="stride of each conv, e.g. 4,1,1,1,1")
+    group.add_argument("--hidden", type=integers(1), help="the classifier's hidden sizes, e.g. 4096,4096")
+    group.add_argument("--dropout", type=real(0, 1, high_open=True), help="dropout probability (alexnet*, lenet)")
+    group.add_argument("--batch-norm", action="store_true", default=None, help="batch norm after each conv (lenet)")
 
 
 def _model_options(args) -> dict:
@@ -85,24 +88,35 @@ def _input_shape(args) -> tuple | None:
 
 
 def _load_data(args):
-    """bundled | idx:PATH | folder:PATH | synthetic -> Dataset (train, test, classes, mean, std)."""
+    """bundled | idx:PATH | folder:PATH | synthetic -> Dataset (train, test, classes, mean, std),
+    both splits non-empty."""
     from engine import data
     kind, _, path = args.data.partition(":")
+    if kind in ("idx", "folder") and not path:
+        raise ValueError(f"--data {kind}: needs a path after the colon, e.g. --data {kind}:/data/mnist")
+    if kind in ("idx", "folder") and not os.path.isdir(path):
+        raise FileNotFoundError(f"--data {args.data}: no directory {path}")
     if kind == "bundled":
-        return data.load_bundled_mnist(seed=args.seed)
-    if kind == "idx":
-        return data.load_mnist_idx(path)
-    if kind in ("folder", "synthetic"):
+        ds = data.load_bundled_mnist(seed=args.seed)
+    elif kind == "idx":
+        ds = data.load_mnist_idx(path)
+    elif kind in ("folder", "synthetic"):
         shape = _input_shape(args)
         if shape is None:
             raise ValueError(f"--data {kind} needs --image-size: {args.model} does not say its input size")
         if kind == "folder":
             c, h, _ = shape
-            return data.load_image_folder(path, size=max(h + 1, int(h * 256 / 224)), crop=h, channels=c)
-        train = data.synthetic(args.synthetic_size, shape, 10, seed=args.seed)
-        test = data.synthetic(max(args.synthetic_size // 4, 1), shape, 10, seed=args.seed + 1)
-        return data.Dataset(train, test, tuple(str(i) for i in range(10)), (0.0,) * shape[0], (1.0,) * shape[0])
-    raise ValueError(f"--data must be bundled, idx:PATH, folder:PATH or synthetic, got {args.data!r}")
+            ds = data.load_image_folder(path, size=max(h + 1, int(h * 256 / 224)), crop=h, channels=c)
+        else:
+            train = data.synthetic(args.synthetic_size, shape, 10, seed=args.seed)
+            test = data.synthetic(max(args.synthetic_size // 4, 1), shape, 10, seed=args.seed + 1)
+            ds = data.Dataset(train, test, tuple(str(i) for i in range(10)), (0.0,) * shape[0], (1.0,) * shape[0])
+    else:
+        raise ValueError(f"--data must be bundled, idx:PATH, folder:PATH or synthetic, got {args.data!r}")
+    for name, split in (("training", ds.train), ("test", ds.test)):
+        if len(split.y) == 0:
+            raise ValueError(f"--data {args.data}: the {name} split holds no images")
+    return ds
 
 
 def _optimizer(args):
@@ -119,14 +133,32 @@ def _optimizer(args):
     return make_optimizer(args.optimizer, DEFAULT_LR[args.optimizer] if args.lr is None else args.lr, **kwargs)
 
 
+def _run_config(args, optimizer) -> dict:
+    """What defines a training run, stored in its checkpoint: --resume refuses another."""
+    settings = {k: v for k, v in vars(optimizer).items() if k not in ("lr", "state_names")}
+    data = args.data + (f" ({args.synthetic_size} images)" if args.data == "synthetic" else "")
+    return {"model": args.model, "model_options": _model_options(args), "image_size": args.image_size,
+            "data": data, "val_split": args.val_split, "augment": args.augment, "seed": args.seed,
+            "batch_size": args.batch_size, "schedule": f"{args.schedule} over {args.epochs} epochs",
+            "optimizer": {"kind": args.optimizer, **settings}, "lr": optimizer.lr}
+
+
 def _executor(args, ds, seed: int):
-    """A fresh model (initialised from seed) and its executor for the data set."""
+    """A fresh model (initialised from seed) and its executor for the data set; a model that
+    does not fit the data's images is refused naming both."""
     from engine import nn
     from engine.executor import Executor
-    from engine.models import build_model
+    from engine.models import build_model, find_model
     nn.manual_seed(seed)
-    model = build_model(args.model, ds.num_classes, ds.train.x.shape[1], **_model_options(args))
-    return Executor(model, ds.train.x.shape[1:], optimizer=_optimizer(args), device=args.device, seed=seed)
+    shape = ds.train.x.shape[1:]
+    model = build_model(args.model, ds.num_classes, shape[0], **_model_options(args))
+    try:
+        return Executor(model, shape, optimizer=_optimizer(args), device=args.device, seed=seed)
+    except ValueError as e:
+        _, own = find_model(args.model)
+        made_for = f" (it is made for {own[0]}x{own[1]}x{own[2]})" if own else ""
+        raise ValueError(f"model {args.model}{made_for} does not fit the data's {'x'.join(map(str, shape))} "
+                         f"images: {e}") from e
 
 
 def _augment(args, ds):
@@ -142,21 +174,47 @@ def _augment(args, ds):
 
 def _split_validation(args, ds):
     """(train x, y), (validation x, y) or None: the stratified validation share of the training data."""
-    from engine import checks as C
     from engine.data import stratified_split
-    share = C.real("train", "--val-split", args.val_split, low=0.0, high=1.0, high_open=True)
     x, y = ds.train
-    if share == 0:
+    if args.val_split == 0:
         return (x, y), None
-    train_idx, val_idx = stratified_split(y, share, seed=args.seed)
+    train_idx, val_idx = stratified_split(y, args.val_split, seed=args.seed)
+    if len(val_idx) == 0 or len(train_idx) == 0:
+        raise ValueError(f"--val-split {args.val_split} of {len(y)} training images leaves "
+                         f"{len(train_idx)} to train on and {len(val_idx)} to validate; change it, or 0 for none")
     return (x[train_idx], y[train_idx]), (x[val_idx], y[val_idx])
+
+
+def _check_outputs(args) -> None:
+    """Every output path of the command writable and of the right kind, before any work."""
+    for option in ("json", "checkpoint", "out", "save"):
+        if getattr(args, option, None) is not None:
+            check_output_file(f"--{option}", getattr(args, option))
+    if getattr(args, "plots", None) is not None:
+        check_output_dir("--plots", args.plots)
+
+
+def _plots_dir(args) -> str:
+    os.makedirs(args.plots, exist_ok=True)
+    return args.plots
 
 
 def cmd_train(args) -> int:
     from engine.data import DataLoader
     from engine.plots import plot_confusion_matrix, plot_history
     from engine.schedules import make_schedule
-    from engine.training import EarlyStopping, evaluate, fit
+    from engine.training import EarlyStopping, NonFiniteLoss, evaluate, fit, resume_state
+
+    # everything that can be checked without the data, before it loads
+    _check_outputs(args)
+    args.resume = args.resume or args.resume_anyway
+    if args.resume and not args.checkpoint:
+        raise ValueError("--resume needs --checkpoint PATH: the checkpoint to continue from")
+    if args.patience and args.val_split == 0:
+        raise ValueError("--patience needs a validation split (--val-split > 0)")
+    config = _run_config(args, _optimizer(args))
+    if args.resume:
+        resume_state(args.checkpoint, config, args.resume_anyway, log=lambda line: None)
 
     ds = _load_data(args)
     (x_train, y_train), val = _split_validation(args, ds)
@@ -169,26 +227,25 @@ def cmd_train(args) -> int:
           f"{args.epochs} epochs{', ' + repr(augment) if augment else ''}")
     loader = DataLoader(x_train, y_train, args.batch_size, shuffle=True, seed=args.seed, augment=augment)
     early = EarlyStopping(patience=args.patience) if args.patience else None
-    if early is not None and val is None:
-        raise ValueError("--patience needs a validation split (--val-split > 0)")
     t0 = time.perf_counter()
     history = fit(ex, loader, args.epochs, val=val, schedule=make_schedule(args.schedule, args.epochs),
-                  early_stopping=early, checkpoint=args.checkpoint, resume=args.resume, progress=not args.no_progress)
+                  early_stopping=early, checkpoint=args.checkpoint, resume=args.resume,
+                  on_nonfinite=args.on_nonfinite, progress=not args.no_progress, config=config,
+                  resume_anyway=args.resume_anyway)
     seconds = time.perf_counter() - t0
     test = evaluate(ex, x_test, y_test)  # once, at the end
     print(f"test accuracy {test['accuracy']:.4f} (loss {test['loss']:.4f}, macro precision {test['precision']:.4f}, "
           f"macro recall {test['recall']:.4f}, macro F1 {test['f1']:.4f}) after {history.epochs} epochs "
-          f"in {seconds:.1f}s" + (f"; validation accuracy {history['val_accuracy'][-1]:.4f}" if val else ""))
+          f"in {seconds:.1f}s" + (f"; validation accuracy {history['val_accuracy'][-1]:.4f}"
+                                  if val and history['val_accuracy'] else ""))
     if args.plots:
-        os.makedirs(args.plots, exist_ok=True)
-        plot_history(history, os.path.join(args.plots, "learning_curves.png"))
+        plot_history(history, os.path.join(_plots_dir(args), "learning_curves.png"))
         plot_confusion_matrix(test["confusion_matrix"], ds.class_names, os.path.join(args.plots, "confusion_matrix.png"))
         print(f"plots written to {args.plots}/")
     if args.json:
         train_seconds = sum(history["seconds"]) or seconds
         summary = {"model": args.model, "model_options": _model_options(args), "data": args.data,
-                   "held_out_accuracy": test["accuracy"], "held_out_loss": test["loss"],
-                   "test": {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in test.items()},
+                   "held_out_accuracy": test["accuracy"], "held_out_loss": test["loss"], "test": test,
                    "final_train_loss": history["loss"][-1] if history["loss"] else None,
                    "final_val_loss": history["val_loss"][-1] if history["val_loss"] else None,
                    "final_val_accuracy": history["val_accuracy"][-1] if history["val_accuracy"] else None,
@@ -197,10 +254,13 @@ def cmd_train(args) -> int:
                    "images_per_second": history.epochs * len(x_train) / train_seconds,
                    "optimizer": args.optimizer, "optimizer_settings": repr(ex.optimizer), "lr": ex.optimizer.lr,
                    "schedule": args.schedule, "batch_size": args.batch_size, "seed": args.seed,
-                   "history": dict(history)}
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=2)
-        print(f"summary written to {args.json}")
+                   "stopped_nonfinite": history.nonfinite, "history": dict(history)}
+        nonfinite = write_json(args.json, summary)
+        print(f"summary written to {args.json}" + (f" (NaN/Inf written as null at {len(nonfinite)} places, "
+                                                   f"listed under 'nonfinite')" if nonfinite else ""))
+    if history.nonfinite:
+        raise NonFiniteLoss(f"train: stopped at {history.nonfinite} on a NaN/Inf loss or weights "
+                            f"(--on-nonfinite stop); lower --lr")
     return 0
 
 
@@ -209,8 +269,11 @@ def cmd_cv(args) -> int:
     from engine.schedules import make_schedule
     from engine.training import cross_validate
 
+    _check_outputs(args)
     ds = _load_data(args)
     x, y = ds.train
+    if args.folds > len(y):
+        raise ValueError(f"--folds {args.folds}: the training split holds only {len(y)} images")
     print(f"{args.model}: {args.folds}-fold cross-validation on {len(x)} training images "
           f"({args.epochs} epochs per fold, {_optimizer(args)})")
     result = cross_validate(lambda fold: _executor(args, ds, args.seed + fold), x, y, args.folds, args.epochs,
@@ -219,12 +282,10 @@ def cmd_cv(args) -> int:
     for metric, value in result["summary"].items():
         print(f"{metric}: {value['mean']:.4f} +- {value['std']:.4f} over {args.folds} folds")
     if args.plots:
-        os.makedirs(args.plots, exist_ok=True)
-        plot_folds(result["folds"], os.path.join(args.plots, "cross_validation.png"))
+        plot_folds(result["folds"], os.path.join(_plots_dir(args), "cross_validation.png"))
         print(f"plots written to {args.plots}/")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"model": args.model, "folds": args.folds, "epochs": args.epochs, **result}, f, indent=2)
+        write_json(args.json, {"model": args.model, "folds": args.folds, "epochs": args.epochs, **result})
         print(f"summary written to {args.json}")
     return 0
 
@@ -234,6 +295,9 @@ def cmd_lr_find(args) -> int:
     from engine.plots import plot_lr_find
     from engine.training import lr_find
 
+    _check_outputs(args)
+    if args.min_lr >= args.max_lr:
+        raise ValueError(f"lr-find: --min-lr ({args.min_lr:g}) must be below --max-lr ({args.max_lr:g})")
     ds = _load_data(args)
     ex = _executor(args, ds, args.seed)
     loader = DataLoader(*ds.train, args.batch_size, shuffle=True, seed=args.seed, augment=_augment(args, ds))
@@ -242,9 +306,9 @@ def cmd_lr_find(args) -> int:
     print(f"{args.model} with {args.optimizer}: loss fell fastest at lr {suggested:.3g}; tried {len(result['lr'])} "
           f"rates from {result['lr'][0]:.2g} to {result['lr'][-1]:.2g}" if suggested else
           "lr-find: too few steps before the loss diverged; lower --min-lr")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    plot_lr_find(result, args.out)
-    print(f"plot written to {args.out}")
+    if len(result["lr"]) >= 2:
+        plot_lr_find(result, args.out)
+        print(f"plot written to {args.out}")
     return 0
 
 
@@ -260,42 +324,45 @@ def cmd_summary(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m engine", description=__doc__.splitlines()[0])
+def build_parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(prog="python -m engine", description=__doc__.splitlines()[0],
+                           epilog="--debug (anywhere): show the traceback of an error. Exit codes: 0 done, "
+                                  "1 validate found a failing kernel, 2 a mistake in what was asked, "
+                                  "3 training diverged (NaN/Inf), 70 a bug of the engine.")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model and report its test accuracy")
     _common(t)
     t.add_argument("--checkpoint", default=None, help="write a checkpoint here after every epoch")
     t.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
-    t.add_argument("--patience", type=int, default=0, help="early stopping patience in epochs (0: off)")
+    t.add_argument("--resume-anyway", action="store_true",
+                   help="--resume, allowing another optimizer or lr than the checkpoint's (says what is reset)")
+    t.add_argument("--patience", type=integer(0), default=0, help="early stopping patience in epochs (0: off)")
     t.add_argument("--json", default=None, help="write a summary of the run as JSON here")
     t.add_argument("--plots", default=None, help="directory for learning-curve and confusion-matrix PNGs")
     t.set_defaults(func=cmd_train)
 
     c = sub.add_parser("cv", help="k-fold cross-validation: mean and spread of accuracy and precision")
     _common(c)
-    c.add_argument("--folds", type=int, default=5)
+    c.add_argument("--folds", type=integer(2), default=5)
     c.add_argument("--json", default=None, help="write the per-fold scores as JSON here")
     c.add_argument("--plots", default=None, help="directory for the box plot PNG")
     c.set_defaults(func=cmd_cv, val_split=0.0)
 
     lr = sub.add_parser("lr-find", help="learning-rate range test: loss against a rising learning rate")
     _common(lr)
-    lr.add_argument("--min-lr", type=float, default=1e-6)
-    lr.add_argument("--max-lr", type=float, default=1.0)
-    lr.add_argument("--steps", type=int, default=100, help="batches, one learning rate each (default 100)")
+    lr.add_argument("--min-lr", type=real(0, low_open=True), default=1e-6)
+    lr.add_argument("--max-lr", type=real(0, low_open=True), default=1.0)
+    lr.add_argument("--steps", type=integer(3), default=100, help="batches, one learning rate each (default 100)")
     lr.add_argument("--out", default="lr_find.png", help="the plot (default lr_find.png)")
     lr.set_defaults(func=cmd_lr_find)
 
     s = sub.add_parser("summary", help="print a model's layers, output shapes and parameter counts")
     s.add_argument("model", help="a built-in model or FILE.py:NAME")
-    s.add_argument("--num-classes", type=int, default=None)
-    s.add_argument("--input-shape", type=_ints, default=None, help="C,H,W (default: the model's own)")
+    s.add_argument("--num-classes", type=integer(2), default=None)
+    s.add_argument("--input-shape", type=integers(1, length=3), default=None, help="C,H,W (default: the model's own)")
     s.add_argument("--repr", action="store_true", help="print the model's repr (its layer tree) instead")
-    for option in MODEL_OPTIONS[:-1]:
-        s.add_argument(f"--{option}", type=float if option in ("width", "dropout") else _ints)
-    s.add_argument("--batch-norm", action="store_true", default=None)
+    _model_arguments(s.add_argument_group("model options"))
     s.set_defaults(func=cmd_summary)
 
     v = sub.add_parser("validate", help="check every kernel against the float64 reference", add_help=False)
@@ -305,20 +372,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _dispatch(argv: list) -> int:
     if argv and argv[0] == "validate":
         from engine.validate import main as validate_main
         return validate_main(argv[1:])
     if argv and argv[0] == "bench":
         from engine.bench import main as bench_main
         return bench_main(argv[1:])
-    args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a mistake argparse found (2, one line already printed)
+        return int(e.code or 0)
+    return args.func(args)
+
+
+def main(argv=None) -> int:
+    return cli.run(_dispatch, list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

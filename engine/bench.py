@@ -22,7 +22,6 @@ benchmarks/results/<date>-<device>.md and .json with what it ran on and the comm
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import os
@@ -35,6 +34,7 @@ import numpy as np
 from engine import validate
 from engine.backend import get_backend
 from engine.cards import Conv, Gemm, TorchEnv
+from engine.cli import ArgumentParser
 from engine.measure import (RESULTS_DIR, GpuTimer, compare_cpu, environment, gpu_available, gpu_ceilings,
                             images_per_second, torch_or_none, write_results)
 from engine.models import torch_twin
@@ -325,8 +325,8 @@ def run_train(device: str, quick: bool = False, log=print) -> list[dict]:
     return rows
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="python -m engine bench",
         description="Time our kernels next to PyTorch (CPU) and cuDNN/cuBLAS (GPU); write benchmarks/results/.")
     parser.add_argument("--quick", action="store_true", help="LeNet shapes only, fewer repeats")

@@ -16,19 +16,19 @@ In the JSON tree an array is ``{"__array__": "a3"}``, a NumPy scalar is
 may not use those two keys. Loading uses ``allow_pickle=False``, so a checkpoint can never
 run code, and object arrays are refused when saving.
 
-Atomicity: the archive is written to a temporary file in the destination's directory,
-flushed and fsynced, then moved over the destination with ``os.replace`` (atomic on POSIX
-and Windows within one file system). A crash at any point before the rename leaves the
-previous checkpoint untouched; at worst a stray ``.<name>.*.tmp`` file remains.
+Atomicity: engine.files.atomic_write (a temporary file in the destination's directory,
+fsynced, then ``os.replace``): a crash at any point before the rename leaves the previous
+checkpoint untouched.
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
+
+from engine.files import atomic_write
 
 __all__ = ["save_checkpoint", "load_checkpoint"]
 
@@ -99,35 +99,7 @@ def save_checkpoint(path, state: dict) -> None:
     meta = json.dumps({"format": FORMAT, "version": VERSION, "state": tree})
     arrays[_META] = np.frombuffer(meta.encode("utf-8"), dtype=np.uint8)
 
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-        os.replace(tmp, path)
-    except BaseException:  # KeyboardInterrupt included: never leave a half file behind our back
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_directory(directory)  # make the rename itself durable (POSIX; best effort)
-
-
-def _fsync_directory(directory: str) -> None:
-    if not hasattr(os, "O_DIRECTORY"):
-        return  # Windows: directories cannot be opened for fsync
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load_checkpoint(path) -> dict:

@@ -312,9 +312,32 @@ def _class_folders(fn: str, split_dir: str) -> dict[str, list[str]]:
     return files
 
 
+def _eight_bit(fn: str, path: str, im):
+    """A Pillow image in a mode that convert("L"/"RGB") maps without clipping: 16-bit
+    greyscale (I;16*, and I as Pillow opens some 16-bit files) scaled from 0..65535 to
+    0..255 -- convert() would clip it -- and palettes with transparency through RGBA.
+    Float images (F) and other integer ranges have no one meaning: refused."""
+    from PIL import Image
+    if im.mode.startswith("I;16") or im.mode == "I":
+        values = np.asarray(im).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(f"{fn}: {path} is a 32-bit integer image with values {values.min()}..{values.max()}; "
+                             f"expected 8- or 16-bit pixels (0..65535)")
+        return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), mode="L")
+    if im.mode == "F":
+        raise ValueError(f"{fn}: {path} is a floating-point image (mode F), whose range has no one meaning; "
+                         f"expected 1-bit, 8/16-bit greyscale, palette, RGB(A) or CMYK images")
+    if (im.mode == "P" and "transparency" in im.info) or im.mode == "PA":
+        return im.convert("RGBA")
+    return im
+
+
 def _decode(fn: str, path: str, size: int, crop: int, channels: int, seen: dict | None = None) -> np.ndarray:
     """One image file -> uint8 (channels, crop, crop): shorter side resized to size, centre crop.
-    seen, when given, counts the images that were resized and those whose colour changed."""
+    Every mode Pillow opens (1-bit, 8/16-bit greyscale, palette, RGB, RGBA -- alpha dropped, as
+    torchvision does --, CMYK, YCbCr, LAB) becomes 8-bit greyscale or RGB; an image that
+    cannot be decoded or converted is refused naming the file. seen, when given, counts the
+    images that were resized and those whose colour was converted."""
     from PIL import Image, ImageOps  # imported here so the other loaders work without Pillow
 
     try:
@@ -322,8 +345,9 @@ def _decode(fn: str, path: str, size: int, crop: int, channels: int, seen: dict 
             im = ImageOps.exif_transpose(im)  # camera photos: apply the stored orientation
             if seen is not None:
                 seen["resized"] += min(im.size) != size  # the shorter side is scaled to size
-                seen["colour"] += (im.mode not in ("L", "1", "I", "I;16", "F")) if channels == 1 else im.mode != "RGB"
-            im = im.convert("RGB" if channels == 3 else "L")
+                grey = im.mode in ("1", "L", "I", "F") or im.mode.startswith("I;16")
+                seen["colour"] += (not grey) if channels == 1 else im.mode != "RGB"
+            im = _eight_bit(fn, path, im).convert("RGB" if channels == 3 else "L")
             w, h = im.size
             scale = size / min(w, h)
             new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
@@ -331,8 +355,13 @@ def _decode(fn: str, path: str, size: int, crop: int, channels: int, seen: dict 
             left, top = (new_w - crop) // 2, (new_h - crop) // 2
             im = im.crop((left, top, left + crop, top + crop))
             pixels = np.asarray(im, dtype=np.uint8)  # (crop, crop, 3) or (crop, crop)
-    except OSError as e:  # PIL.UnidentifiedImageError is an OSError
+    except (OSError, SyntaxError, Image.DecompressionBombError) as e:  # UnidentifiedImageError is an OSError
         raise ValueError(f"{fn}: cannot decode image {path}: {e}") from e
+    except ValueError as e:
+        if str(e).startswith(fn):
+            raise
+        raise ValueError(f"{fn}: cannot convert image {path} to {'RGB' if channels == 3 else 'greyscale'}: "
+                         f"{e}") from e
     return pixels.reshape(crop, crop, channels).transpose(2, 0, 1)  # HWC -> CHW
 
 

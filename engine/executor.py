@@ -361,6 +361,10 @@ class Executor:
         return self._plans[key]
 
     def _feed(self, plan: Plan, x, y=None):
+        C.array("Executor", "input", x)
+        if x.dtype.kind != "f":  # uint8 pixels would train, silently, on an unnormalised 0..255 scale
+            raise TypeError(f"Executor: the input must be float images, normalised as the model was trained, "
+                            f"got dtype {x.dtype.name}; e.g. (x.astype(np.float32) / 255 - mean) / std")
         C.exact_shape("Executor", "input", x.shape, plan.inputs[0].shape)
         self._copy_in(plan.inputs[0], x)
         if y is not None:

@@ -6,8 +6,6 @@ files, benchmarks/results/<date>-<device>.md and .json. engine/bench.py runs the
 from __future__ import annotations
 
 import datetime
-import json
-import math
 import os
 import platform
 import statistics
@@ -17,6 +15,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from engine.files import write_json
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
@@ -227,6 +227,5 @@ def write_results(env: dict, device: str, sections, rows: list[dict], extra: dic
     stem = directory / f"{env['date']}-{device}"
     md, js = stem.with_suffix(".md"), stem.with_suffix(".json")
     md.write_text(results_markdown(env, sections))
-    clean = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in rows]
-    js.write_text(json.dumps({"environment": env, **(extra or {}), "rows": clean}, indent=1, default=str) + "\n")
+    write_json(js, {"environment": env, **(extra or {}), "rows": rows}, indent=1)  # NaN (not measured) -> null
     return md, js

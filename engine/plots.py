@@ -12,6 +12,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from engine.files import atomic_write
+
 __all__ = ["plot_history", "plot_confusion_matrix", "plot_folds", "plot_lr_find"]
 
 
@@ -21,7 +23,7 @@ def _save(fig: Figure, path) -> str:
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"plots: the directory {directory} of {path} does not exist")
     FigureCanvasAgg(fig)  # attaches the Agg canvas to the figure
-    fig.savefig(path, format="png", dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))  # never half a PNG
     return path
 
 

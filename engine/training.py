@@ -12,6 +12,7 @@ reproduces the losses of an uninterrupted run exactly on the CPU.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -36,6 +37,7 @@ class History(dict):
 
     def __init__(self, data: dict | None = None):
         super().__init__({k: list((data or {}).get(k, [])) for k in self.KEYS})
+        self.nonfinite: str | None = None  # where training stopped on a NaN/Inf (on_nonfinite="stop")
 
     @property
     def epochs(self) -> int:
@@ -71,25 +73,75 @@ class EarlyStopping:
             ex.load_state_dict(self.best_state)
 
 
+# what a resumed run may change with resume_anyway; the rest of its config must match
+RESUME_MAY_CHANGE = ("optimizer", "lr")
+
+
+def resume_state(checkpoint, config: dict | None = None, anyway: bool = False, log=print) -> dict | None:
+    """The state saved at `checkpoint` to resume from, or None when there is no file yet.
+
+    When both the run that wrote it and this one give a config (model, data, batch size,
+    schedule, optimizer, lr...), every difference is refused in one error listing them;
+    with anyway=True the optimizer and lr may differ: then each change is logged, and a
+    change of optimizer kind drops the saved optimizer state (it restarts from zero)."""
+    if not os.path.exists(checkpoint):
+        return None
+    state = load_checkpoint(checkpoint)
+    missing = [k for k in ("executor", "loader", "history", "epoch") if k not in state]
+    if missing:
+        raise ValueError(f"resume: {checkpoint} is a checkpoint but not of a training run (it lacks {missing})")
+    saved = state.get("config")
+    if config is None or saved is None:
+        return state
+    config = json.loads(json.dumps(config))  # the form it takes in the file: lists, not tuples
+    differ = [k for k in sorted(set(saved) | set(config)) if saved.get(k) != config.get(k)]
+    refused = [k for k in differ if not (anyway and k in RESUME_MAY_CHANGE)]
+    if refused:
+        hint = (" (--resume-anyway allows a change of optimizer or lr)"
+                if set(refused) <= set(RESUME_MAY_CHANGE) else "; start a new run or give another --checkpoint")
+        raise ValueError(f"resume: {checkpoint} was written by a different run: "
+                         + "; ".join(f"{k} was {saved.get(k)!r}, now {config.get(k)!r}" for k in refused) + hint)
+    for k in differ:
+        log(f"resume anyway: {k} was {saved.get(k)!r}, now {config.get(k)!r}")
+    if "optimizer" in differ and (saved["optimizer"] or {}).get("kind") != (config["optimizer"] or {}).get("kind"):
+        state["executor"].pop("optimizer", None)
+        log("resume anyway: another kind of optimizer: its state (momentum, moments) starts from zero")
+    return state
+
+
 def fit(ex, train, epochs: int, val=None, schedule=None, early_stopping: EarlyStopping | None = None,
         checkpoint: str | None = None, resume: bool = False, on_nonfinite: str = "raise",
-        eval_batch_size: int = 500, progress: bool = True, log=print) -> History:
+        eval_batch_size: int = 500, progress: bool = True, log=print, config: dict | None = None,
+        resume_anyway: bool = False) -> History:
     """Train `ex` on the DataLoader `train` for `epochs` epochs; returns the History.
 
     val: (x, y) held-out data evaluated after each epoch. schedule: callable
-    (base_lr, epoch_progress) -> lr (engine.schedules). on_nonfinite: what a NaN/Inf loss
-    does: "raise" (NonFiniteLoss naming the step), "stop" (end training, keep history) or
-    "ignore"."""
+    (base_lr, epoch_progress) -> lr (engine.schedules). on_nonfinite: what a NaN/Inf loss, or
+    weights that became NaN/Inf by the end of an epoch, do: "raise" (NonFiniteLoss naming the
+    step), "stop" (end training, keep the history; History.nonfinite says where) or "ignore".
+    config: what defines this run (JSON-able), stored in the checkpoint; resume refuses a
+    checkpoint of another config (see resume_state)."""
     epochs = C.integer("fit", "epochs", epochs, minimum=1)
     if on_nonfinite not in ("raise", "stop", "ignore"):
         raise ValueError(f"fit: on_nonfinite must be 'raise', 'stop' or 'ignore', got {on_nonfinite!r}")
     if ex.optimizer is None:
         raise ValueError("fit: the executor has no optimizer")
+    if isinstance(train, (tuple, list, np.ndarray)) or not hasattr(train, "__iter__") or not hasattr(train, "__len__"):
+        raise TypeError(f"fit: train must be a DataLoader (engine.data.DataLoader(x, y, batch_size)), "
+                        f"got {type(train).__name__}")
+    if checkpoint and not (hasattr(train, "get_state") and hasattr(train, "set_state")):
+        raise TypeError(f"fit: checkpoints need a loader with get_state/set_state (a DataLoader), "
+                        f"got {type(train).__name__}")
+    if val is not None and not (isinstance(val, (tuple, list)) and len(val) == 2):
+        raise TypeError(f"fit: val must be an (x, y) pair of arrays, got {type(val).__name__}"
+                        + (" (pass the loader's arrays: val=(x_val, y_val))" if hasattr(val, "get_state") else ""))
+    if config is not None:
+        config = json.loads(json.dumps(config))  # JSON-able, in the form the checkpoint keeps it
     schedule = schedule or Constant()
     base_lr = ex.optimizer.lr
     history, start = History(), 0
-    if resume and checkpoint and os.path.exists(checkpoint):
-        state = load_checkpoint(checkpoint)
+    state = resume_state(checkpoint, config, resume_anyway, log) if resume and checkpoint else None
+    if state is not None:
         ex.load_state_dict(state["executor"])
         train.set_state(state["loader"])
         history, start = History(state["history"]), int(state["epoch"])
@@ -113,7 +165,7 @@ def fit(ex, train, epochs: int, val=None, schedule=None, early_stopping: EarlySt
                                         f"rate or pass on_nonfinite='ignore'")
                 if on_nonfinite == "stop":
                     warnings.warn(f"fit: loss became {loss} at {where}; stopping")
-                    stop = True
+                    history.nonfinite, stop = where, True
                     break
             plan = ex.plan(len(xb), "train")
             correct += (plan.logits.argmax(axis=1) == plan.inputs[1]).sum()
@@ -121,6 +173,13 @@ def fit(ex, train, epochs: int, val=None, schedule=None, early_stopping: EarlySt
             seen += len(xb)
             bar.set_postfix(loss=f"{loss:.4f}")
         bar.close()
+        if not stop and on_nonfinite != "ignore" and not bool(xp.isfinite(ex.params_flat).all()):
+            where = f"epoch {epoch + 1} (step {ex.step})"  # the loss was finite: the last update broke them
+            if on_nonfinite == "raise":
+                raise NonFiniteLoss(f"fit: the weights became NaN/Inf by the end of {where}; lower the "
+                                    f"learning rate or pass on_nonfinite='ignore'")
+            warnings.warn(f"fit: the weights became NaN/Inf by the end of {where}; stopping")
+            history.nonfinite, stop = where, True
         if stop:
             break
         history["loss"].append(total_loss / max(seen, 1))
@@ -137,7 +196,7 @@ def fit(ex, train, epochs: int, val=None, schedule=None, early_stopping: EarlySt
         log(f"{line} | lr {ex.lr:.3g} | {history['seconds'][-1]:.1f}s")
         if checkpoint:
             save_checkpoint(checkpoint, {"executor": ex.state_dict(), "loader": train.get_state(),
-                                         "history": dict(history), "epoch": epoch + 1})
+                                         "history": dict(history), "epoch": epoch + 1, "config": config})
         if early_stopping is not None and early_stopping.should_stop(history, ex):
             log(f"early stopping: {early_stopping.monitor} has not improved for "
                 f"{early_stopping.patience} epochs")
@@ -241,6 +300,11 @@ def lr_find(ex, loader, min_lr: float = 1e-6, max_lr: float = 1.0, steps: int = 
         if value > stop_factor * best:
             break
     ex.load_state_dict(saved)
-    slopes = np.diff(smoothed) / np.diff(np.log(lrs)) if len(lrs) > 2 else np.array([0.0])
-    suggested = lrs[int(np.argmin(slopes))] if len(lrs) > 2 else None
+    # the steepest fall of the smoothed loss, past the first tenth of the sweep, where the
+    # moving average is still settling and its first steps look like falls
+    skip = max(1, len(lrs) // 10)
+    suggested = None
+    if len(lrs) - skip > 2:
+        slopes = np.diff(smoothed[skip:]) / np.diff(np.log(lrs[skip:]))
+        suggested = lrs[skip + int(np.argmin(slopes))]
     return {"lr": lrs, "loss": losses, "smoothed": smoothed, "suggested_lr": suggested}

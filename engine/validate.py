@@ -18,8 +18,6 @@ launch the same kernels from the same descriptions.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 import time
@@ -29,6 +27,8 @@ import numpy as np
 
 from engine.backend import get_backend
 from engine.cards import dims
+from engine.cli import ArgumentParser
+from engine.files import write_json
 from engine.ops import OPS, Case, cases
 from engine.tolerances import errors, is_close, tol
 
@@ -241,8 +241,8 @@ def print_row(row: Row, file=None) -> None:
         print(f"    ^ {row.note}", file=file)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="python -m engine validate",
         description="Check every op, forward and backward, through every available exposure "
                     "against the float64 NumPy reference.")
@@ -319,11 +319,9 @@ def main(argv=None) -> int:
     for note in notes:
         print(note)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"exposures": list(backends), "notes": notes, "quick": args.quick,
-                       "passed": not failed, "seconds": seconds, "exposures_compared": compared,
-                       "exposures_differ": differ,
-                       "rows": [r.as_dict() for r in rows]}, fh, indent=1, default=str)
+        write_json(args.json, {"exposures": list(backends), "notes": notes, "quick": args.quick,
+                               "passed": not failed, "seconds": seconds, "exposures_compared": compared,
+                               "exposures_differ": differ, "rows": [r.as_dict() for r in rows]}, indent=1)
         print(f"validate: rows written to {args.json}")
     return 1 if failed else 0
 

@@ -481,3 +481,44 @@ def test_image_folder_says_once_what_it_resized_and_converted(tmp_path):
     lines.clear()
     load_image_folder(tmp_path, size=6, crop=4, channels=3, log=lines.append)
     assert lines == ["load_image_folder: resized 4 of 8 images (shorter side to 6, centre crop 4x4)"]
+
+
+def test_image_folder_decodes_every_mode_pillow_opens(tmp_path):
+    """1-bit, 8/16-bit greyscale, palette (with transparency too), RGB, RGBA, LA and CMYK: each
+    becomes the 8-bit value it shows -- 16-bit scaled, not clipped -- and floats are refused."""
+    Image = pytest.importorskip("PIL.Image")
+    grey = {  # mode -> (image, the 0..255 grey value it must decode to)
+        "1": (Image.new("1", (4, 4), 1), 255),
+        "L": (Image.new("L", (4, 4), 77), 77),
+        "I;16": (Image.fromarray(np.full((4, 4), 32896, np.uint16)), 128),  # 32896 = 128 * 257
+        "P": (Image.new("L", (4, 4), 90).convert("P"), 90),
+        "LA": (Image.new("LA", (4, 4), (60, 10)), 60),
+    }
+    for i, (mode, (im, _)) in enumerate(grey.items()):
+        assert im.mode == mode
+        folder = tmp_path / "grey" / ("train" if i % 2 == 0 else "test") / "c"
+        folder.mkdir(parents=True, exist_ok=True)
+        im.save(folder / f"{i}.png")
+    ds = load_image_folder(tmp_path / "grey", size=4, crop=4, channels=1, mean=0.0, std=1.0, log=None)
+    got = sorted(np.concatenate([ds.train.x[:, 0, 0, 0], ds.test.x[:, 0, 0, 0]]) * 255)
+    np.testing.assert_allclose(got, sorted(v for _, v in grey.values()), atol=0.5)
+
+    colour = {"RGB": Image.new("RGB", (4, 4), (10, 200, 30)), "RGBA": Image.new("RGBA", (4, 4), (10, 200, 30, 128)),
+              "CMYK": Image.new("RGB", (4, 4), (10, 200, 30)).convert("CMYK"),
+              "P": Image.new("RGB", (4, 4), (10, 200, 30)).convert("P", palette=Image.Palette.ADAPTIVE)}
+    colour["P"].info["transparency"] = 0
+    for i, (mode, im) in enumerate(colour.items()):
+        folder = tmp_path / "colour" / ("train" if i % 2 == 0 else "test") / "c"
+        folder.mkdir(parents=True, exist_ok=True)
+        im.save(folder / f"{i}.{'jpg' if mode == 'CMYK' else 'png'}", **({"quality": 100} if mode == "CMYK" else {}))
+    ds = load_image_folder(tmp_path / "colour", size=4, crop=4, channels=3, mean=0.0, std=1.0, log=None)
+    for x in np.concatenate([ds.train.x, ds.test.x]):
+        np.testing.assert_allclose(x[:, 0, 0] * 255, (10, 200, 30), atol=3)  # JPEG's CMYK: nearly exact
+
+    float_folder = tmp_path / "float" / "train" / "c"
+    float_folder.mkdir(parents=True)
+    Image.fromarray(np.ones((4, 4), np.float32)).save(float_folder / "0.tif")
+    (tmp_path / "float" / "test" / "c").mkdir(parents=True)
+    Image.new("L", (4, 4)).save(tmp_path / "float" / "test" / "c" / "0.png")
+    with pytest.raises(ValueError, match=r"load_image_folder: .*0\.tif is a floating-point image \(mode F\)"):
+        load_image_folder(tmp_path / "float", size=4, crop=4, channels=1)

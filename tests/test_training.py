@@ -208,7 +208,7 @@ def test_cli_optimizer_defaults_and_option_errors(capsys):
     for extra, message in ((["--optimizer", "adam", "--momentum", "0.9"], "--momentum and --nesterov are SGD's"),
                            (["--val-split", "1.5"], "--val-split"),
                            (["--val-split", "0", "--patience", "2"], "--patience needs a validation split"),
-                           (["--dropout", "0.3"], "dropout")):
+                           (["--width", "0.5"], "model 'lenet' takes no option width")):
         assert cli(base + extra) == 2, extra
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
@@ -224,9 +224,9 @@ def test_cli_cv_and_lr_find_write_their_plots(tmp_path, capsys):
     cv = json.loads((tmp_path / "cv.json").read_text())
     assert len(cv["folds"]) == 3 and sum(f["held"] for f in cv["folds"]) == 96
     assert (tmp_path / "cv" / "cross_validation.png").stat().st_size > 1000
-    assert cli(["lr-find", *base, "--steps", "12", "--out", str(tmp_path / "lr" / "find.png")]) == 0
+    assert cli(["lr-find", *base, "--steps", "12", "--out", str(tmp_path / "find.png")]) == 0
     assert "plot written to" in capsys.readouterr().out
-    assert (tmp_path / "lr" / "find.png").stat().st_size > 1000
+    assert (tmp_path / "find.png").stat().st_size > 1000
 
 
 def test_cli_trains_a_users_model_from_a_file(tmp_path, capsys):
@@ -278,3 +278,47 @@ def test_cli_trains_alexnet_variants_on_an_image_folder(tmp_path, capsys):
         summary = json.loads(out.read_text())
         assert summary["augment"] == "Augment(shift=2, flip=True)"  # natural images are mirrored
         assert summary["held_out_accuracy"] >= 0.75, (variant, summary["held_out_accuracy"])
+
+
+def test_fit_refuses_arguments_in_the_wrong_place():
+    x, y = small_data(32)
+    ex = make()
+    with pytest.raises(TypeError, match=r"fit: train must be a DataLoader .*got tuple"):
+        fit(ex, (x, y), epochs=1, progress=False, log=lambda s: None)
+    with pytest.raises(TypeError, match=r"fit: val must be an \(x, y\) pair of arrays, got DataLoader \(pass"):
+        fit(ex, DataLoader(x, y, 16), epochs=1, val=DataLoader(x, y, 16), progress=False, log=lambda s: None)
+    with pytest.raises(TypeError, match="Executor: the input must be float images, .*got dtype uint8"):
+        ex.train_step((x[:16] * 10).astype(np.uint8), y[:16])
+
+
+def test_weights_that_turn_nonfinite_on_the_last_step_are_caught(monkeypatch):
+    x, y = small_data(32)
+    ex = make(opt=SGD(0.01))
+    real_step = ex.optimizer.step
+
+    def poisoned_last_step(bk, params, grads, state, step, lr, weights_end):
+        real_step(bk, params, grads, state, step, lr, weights_end)
+        if step == 2:  # the last step of the epoch: its loss was finite, its update is not
+            params[0] = np.nan
+
+    monkeypatch.setattr(ex.optimizer, "step", poisoned_last_step)
+    with pytest.raises(NonFiniteLoss, match=r"weights became NaN/Inf by the end of epoch 1 \(step 2\)"):
+        fit(ex, DataLoader(x, y, 16, shuffle=False), epochs=1, progress=False, log=lambda s: None)
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
+    from engine.training import resume_state
+    x, y = small_data(32)
+    path = str(tmp_path / "c.npz")
+    config = {"model": "m", "lr": 0.01, "optimizer": {"kind": "sgd", "momentum": 0.9}, "sizes": (1, 2)}
+    fit(make(opt=SGD(0.01, momentum=0.9)), DataLoader(x, y, 16), epochs=1, checkpoint=path, config=config,
+        progress=False, log=lambda s: None)
+    assert resume_state(path, config)["epoch"] == 1  # tuples compare as the file keeps them
+    assert resume_state(str(tmp_path / "none.npz"), config) is None
+    with pytest.raises(ValueError, match=r"lr was 0.01, now 0.1 \(--resume-anyway allows"):
+        resume_state(path, {**config, "lr": 0.1})
+    with pytest.raises(ValueError, match=r"model was 'm', now 'n'; start a new run"):
+        resume_state(path, {**config, "model": "n", "lr": 0.1}, anyway=True)
+    said = []
+    state = resume_state(path, {**config, "optimizer": {"kind": "adam"}}, anyway=True, log=said.append)
+    assert "optimizer" not in state["executor"] and len(said) == 2 and "starts from zero" in said[1]
