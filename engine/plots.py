@@ -139,7 +139,7 @@ def plot_folds(folds: list, path, metrics=("accuracy", "precision")) -> str:
     ax.set_ylabel("score on the held-out fold")
     ax.set_title(f"{len(folds)}-fold cross-validation")
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")  # clear of the points, wherever the folds fall
     return _save(fig, path)
 
 
