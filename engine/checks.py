@@ -115,6 +115,14 @@ def boolean(op: str, name: str, v) -> bool:
     return bool(v)
 
 
+def axis(op: str, name: str, v, ndim: int) -> int:
+    """An axis of an ndim-D array, -ndim..ndim-1 as NumPy and torch take them; returned >= 0."""
+    v = integer(op, name, v)
+    if not -ndim <= v < ndim:
+        raise ValueError(f"{op}: {name} must be an axis of the {ndim}-D input, in [{-ndim}, {ndim - 1}], got {v}")
+    return v % ndim
+
+
 def choice(op: str, name: str, v, options) -> str:
     """One of a few named options (a device, a loss)."""
     if v not in options:

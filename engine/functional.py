@@ -27,7 +27,7 @@ Forward and backward, one rule for all ops
   loss), then what it needs, and returns the gradients of the inputs in the order of
   the forward's arguments; a gradient that was not asked for is None.
 * Backwards that need the forward's output take it as ``y`` (relu, bias_relu, sigmoid,
-  tanh); the others take the input ``x``.
+  tanh, softmax, log_softmax); the others take the input ``x``.
 
 Conventions (see engine.checks for the reasons)
 -----------------------------------------------
@@ -63,6 +63,7 @@ __all__ = [
     "flatten", "flatten_backward",
     "cross_entropy", "cross_entropy_forward", "cross_entropy_backward",
     "mse_loss", "mse_loss_backward",
+    "softmax", "softmax_backward", "log_softmax", "log_softmax_backward",
     "add",
 ]
 
@@ -578,6 +579,57 @@ def mse_loss_backward(dloss, x, target):
     C.same_shape(op, "target", target.shape, "input", x.shape)
     dloss = _dloss(op, dloss, x)
     return _backend(op, dict(input=x, target=target)).mse_loss_backward(x, target, dloss)
+
+
+# ---------------------------------------------------------------------------------------
+# softmax
+
+
+def softmax(x, dim=-1):
+    """exp(x) / sum(exp(x)) along axis dim (any rank; default the last): class probabilities
+    from logits (N, classes). The row maximum is subtracted first, so no logit overflows."""
+    return _softmax_rows("softmax", "softmax_forward", x, dim)
+
+
+def log_softmax(x, dim=-1):
+    """x - log(sum(exp(x))) along axis dim: log-probabilities, accurate where softmax
+    underflows to 0."""
+    return _softmax_rows("log_softmax", "log_softmax_forward", x, dim)
+
+
+def softmax_backward(dy, y, dim=-1):
+    """dx = y * (dy - sum(dy * y)) along dim, from the forward OUTPUT y."""
+    return _softmax_rows_backward("softmax_backward", "softmax_backward", dy, y, dim)
+
+
+def log_softmax_backward(dy, y, dim=-1):
+    """dx = dy - exp(y) * sum(dy) along dim, from the forward OUTPUT y."""
+    return _softmax_rows_backward("log_softmax_backward", "log_softmax_backward", dy, y, dim)
+
+
+def _as_rows(x, axis: int):
+    """x with `axis` moved last and the other axes merged: (rows, K), C-contiguous, for the
+    row kernels; and how to put a result of that shape back."""
+    moved = array_module(x).moveaxis(x, axis, -1)
+    rows = C.usable(moved).reshape(-1, x.shape[axis])
+    return rows, lambda r: array_module(r).moveaxis(r.reshape(moved.shape), -1, axis)
+
+
+def _softmax_rows(op, kernel, x, dim):
+    x = C.float_array(op, "input", x)
+    axis = C.axis(op, "dim", dim, x.ndim)
+    be = _backend(op, dict(input=x))
+    rows, back = _as_rows(x, axis)
+    return back(getattr(be, kernel)(rows))
+
+
+def _softmax_rows_backward(op, kernel, dy, y, dim):
+    y = C.float_array(op, "output", y)
+    dy = _grad_output(op, dy, y.shape)
+    axis = C.axis(op, "dim", dim, y.ndim)
+    be = _backend(op, dict(grad_output=dy, output=y))
+    (dy_rows, back), (y_rows, _) = _as_rows(dy, axis), _as_rows(y, axis)
+    return back(getattr(be, kernel)(dy_rows, y_rows))
 
 
 def _dloss(op, dloss, like):

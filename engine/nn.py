@@ -360,6 +360,41 @@ class Flatten(Layer):
         n.dx[0][...] = n.dy.reshape(n.dx[0].shape)
 
 
+class _SoftmaxRows(_SameShape):
+    """Softmax or log-softmax over the last axis of (N, ..., K): rows of K values, as a
+    model's last layer for probabilities (the loss takes logits: keep it off when training)."""
+    op = ""
+
+    def __init__(self, dim=-1):
+        super().__init__()
+        self.dim = C.integer(type(self).__name__, "dim", dim)
+
+    def infer(self, x_shape):
+        if C.axis(self.name, "dim", self.dim, len(x_shape)) != len(x_shape) - 1:
+            raise ValueError(f"{self.name}: dim must be the input's last axis (-1 or {len(x_shape) - 1}), whose "
+                             f"rows the kernels normalise; got dim={self.dim} for an input of shape {tuple(x_shape)}")
+        return tuple(x_shape)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+    def forward(self, bk, n):
+        k = n.y.shape[-1]  # the planned buffers are contiguous: these reshapes are views
+        getattr(bk, self.op + "_forward")(n.x[0].reshape(-1, k), out=n.y.reshape(-1, k))
+
+    def backward(self, bk, n):
+        k = n.y.shape[-1]
+        getattr(bk, self.op + "_backward")(n.dy.reshape(-1, k), n.y.reshape(-1, k), out=n.dx[0].reshape(-1, k))
+
+
+class Softmax(_SoftmaxRows):
+    op = "softmax"
+
+
+class LogSoftmax(_SoftmaxRows):
+    op = "log_softmax"
+
+
 # --------------------------------------------------------------------------- losses
 
 

@@ -1,6 +1,8 @@
-// softmax_xent.cu -- losses: softmax cross-entropy (loss and gradient fused) and MSE.
+// softmax_xent.cu -- losses: softmax cross-entropy (loss and gradient fused) and MSE; and the
+// softmax and log-softmax of rows, forward and backward.
 //
-// Layout: logits, dlogits (N, K) row-major float32; labels (N,) int64; pred, target flat.
+// Layout: logits, dlogits, x, y, dy, dx (N, K) row-major float32; labels (N,) int64; pred,
+// target flat.
 // Every loss is a mean written to a device scalar (a 1-element array): nothing is copied
 // to the host, so a training step never waits on the GPU.
 //
@@ -17,7 +19,26 @@
 //       Sums in a fixed order (per-thread strided sums, then block_sum), so the loss is
 //       bitwise the same on every run -- no atomics anywhere in this file.
 //   mse_backward_kernel          dpred = (pred - target) * (2 / numel) * dloss[0]
+//   softmax_forward_kernel, log_softmax_forward_kernel     one warp per row, as the
+//       cross-entropy: y = exp(x - m) / s, or (x - m) - log s.
+//   softmax_backward_kernel, log_softmax_backward_kernel   one warp per row, from the
+//       forward's output y: dx = y * (dy - sum_k dy * y), or dy - exp(y) * sum_k dy.
 #include "common.cuh"
+
+// The warp of lanes 0..31 that owns row `row` of an (rows, K) array: one warp per row,
+// blockDim.x / 32 rows per block (the launch descriptions use cdiv(rows, BLOCK / 32) blocks).
+__device__ __forceinline__ int warp_row() { return blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); }
+
+// m = max_k x[k] and s = sum_k exp(x[k] - m) over one row, every lane of the warp getting
+// both. Subtracting the max keeps every exp in (0, 1].
+__device__ __forceinline__ void row_max_and_exp_sum(const float* x, int classes, int lane, float& m, float& s) {
+    m = -ENGINE_INFINITY;
+    for (int k = lane; k < classes; k += 32) m = fmaxf(m, x[k]);
+    m = warp_max(m);
+    s = 0.0f;
+    for (int k = lane; k < classes; k += 32) s += expf(x[k] - m);
+    s = warp_sum(s);
+}
 
 extern "C" __global__ void softmax_xent_forward_kernel(const float* __restrict__ logits,
                                                        const long long* __restrict__ labels,
@@ -81,3 +102,54 @@ extern "C" __global__ void mse_backward_kernel(const float* pred, const float* t
     GRID_STRIDE_LOOP(i, n) dpred[i] = (pred[i] - target[i]) * g;
 }
 ENGINE_EXPORT_KERNEL(mse_backward_kernel)
+
+extern "C" __global__ void softmax_forward_kernel(const float* __restrict__ x, float* __restrict__ y, int rows,
+                                                  int classes) {
+    const int lane = threadIdx.x & 31, row = warp_row();
+    if (row >= rows) return;  // whole warps leave together: the shuffles stay full-warp
+    const float* xr = x + (i64)row * classes;
+    float* yr = y + (i64)row * classes;
+    float m, s;
+    row_max_and_exp_sum(xr, classes, lane, m, s);
+    const float inv_s = 1.0f / s;
+    for (int k = lane; k < classes; k += 32) yr[k] = expf(xr[k] - m) * inv_s;
+}
+ENGINE_EXPORT_KERNEL(softmax_forward_kernel)
+
+extern "C" __global__ void log_softmax_forward_kernel(const float* __restrict__ x, float* __restrict__ y, int rows,
+                                                      int classes) {
+    const int lane = threadIdx.x & 31, row = warp_row();
+    if (row >= rows) return;
+    const float* xr = x + (i64)row * classes;
+    float* yr = y + (i64)row * classes;
+    float m, s;
+    row_max_and_exp_sum(xr, classes, lane, m, s);
+    const float log_s = logf(s);
+    // (x - m) - log s, not x - (m + log s): the large m must not swallow log s
+    for (int k = lane; k < classes; k += 32) yr[k] = (xr[k] - m) - log_s;
+}
+ENGINE_EXPORT_KERNEL(log_softmax_forward_kernel)
+
+extern "C" __global__ void softmax_backward_kernel(const float* __restrict__ dy, const float* __restrict__ y,
+                                                   float* __restrict__ dx, int rows, int classes) {
+    const int lane = threadIdx.x & 31, row = warp_row();
+    if (row >= rows) return;
+    const i64 start = (i64)row * classes;
+    float s = 0.0f;
+    for (int k = lane; k < classes; k += 32) s += dy[start + k] * y[start + k];
+    s = warp_sum(s);
+    for (int k = lane; k < classes; k += 32) dx[start + k] = y[start + k] * (dy[start + k] - s);
+}
+ENGINE_EXPORT_KERNEL(softmax_backward_kernel)
+
+extern "C" __global__ void log_softmax_backward_kernel(const float* __restrict__ dy, const float* __restrict__ y,
+                                                       float* __restrict__ dx, int rows, int classes) {
+    const int lane = threadIdx.x & 31, row = warp_row();
+    if (row >= rows) return;
+    const i64 start = (i64)row * classes;
+    float s = 0.0f;
+    for (int k = lane; k < classes; k += 32) s += dy[start + k];
+    s = warp_sum(s);
+    for (int k = lane; k < classes; k += 32) dx[start + k] = dy[start + k] - expf(y[start + k]) * s;
+}
+ENGINE_EXPORT_KERNEL(log_softmax_backward_kernel)

@@ -5,6 +5,9 @@ row read from cache three times (max; exp and its sum; scale), writing dlogits a
 row's loss. Subtracting the row maximum first keeps exp() in (0, 1], so logits of
 magnitude 1e4 neither overflow nor lose the loss. The row losses are summed in row
 order after the parallel loop, so the loss is bitwise the same on every run.
+
+softmax and log_softmax (forward and backward) are one prange over rows each, the row's
+sum in float64, in index order: the same bits on every run.
 """
 from __future__ import annotations
 
@@ -93,3 +96,70 @@ def mse_loss_backward(pred, target, dloss, out=None):
     _mse_bwd(pred.reshape(-1), target.reshape(-1), 2.0 * float(np.asarray(dloss)) / pred.size,
              dpred.reshape(-1))
     return dpred
+
+
+@kernel_pair()
+def _softmax_rows(x, y, log):
+    # x, y (N, K); log: write log_softmax instead of softmax
+    n, k = x.shape
+    for i in prange(n):
+        m = x[i, 0]
+        for j in range(1, k):
+            m = max(m, x[i, j])
+        total = 0.0  # float64: the sum of K terms in (0, 1]
+        for j in range(k):
+            e = np.exp(x[i, j] - m)  # float32 exp of a value <= 0
+            total += e
+            if not log:
+                y[i, j] = e
+        if log:
+            log_total = np.log(total)
+            for j in range(k):
+                y[i, j] = (np.float64(x[i, j]) - m) - log_total
+        else:
+            scale = 1.0 / total
+            for j in range(k):
+                y[i, j] = y[i, j] * scale
+
+
+@kernel_pair()
+def _softmax_rows_backward(dy, y, dx, log):
+    # dy, y, dx (N, K); y is the forward's output (softmax, or log_softmax when log)
+    n, k = dy.shape
+    for i in prange(n):
+        s = 0.0  # float64: sum_k dy (log) or sum_k dy * y
+        for j in range(k):
+            s += dy[i, j] if log else np.float64(dy[i, j]) * y[i, j]
+        for j in range(k):
+            if log:
+                dx[i, j] = dy[i, j] - np.exp(np.float64(y[i, j])) * s
+            else:
+                dx[i, j] = y[i, j] * (dy[i, j] - s)
+
+
+def softmax_forward(x, out=None):
+    x = np.ascontiguousarray(x)
+    y = output(out, x.shape, x.dtype)
+    _softmax_rows(x, y, False)
+    return y
+
+
+def softmax_backward(dy, y, out=None):
+    dy, y = np.ascontiguousarray(dy), np.ascontiguousarray(y)
+    dx = output(out, dy.shape, dy.dtype)
+    _softmax_rows_backward(dy, y, dx, False)
+    return dx
+
+
+def log_softmax_forward(x, out=None):
+    x = np.ascontiguousarray(x)
+    y = output(out, x.shape, x.dtype)
+    _softmax_rows(x, y, True)
+    return y
+
+
+def log_softmax_backward(dy, y, out=None):
+    dy, y = np.ascontiguousarray(dy), np.ascontiguousarray(y)
+    dx = output(out, dy.shape, dy.dtype)
+    _softmax_rows_backward(dy, y, dx, True)
+    return dx

@@ -23,6 +23,15 @@ MSE_BACKWARD = Kernel("softmax_xent.cu", "mse_backward_kernel",
                       grid=lambda a: grid_1d(a.n))
 
 
+SOFTMAX_FORWARD, LOG_SOFTMAX_FORWARD = (
+    Kernel("softmax_xent.cu", f"{name}_forward_kernel", "const float* x, float* y, int rows, int classes",
+           grid=lambda a: cdiv(a.rows, BLOCK // 32)) for name in ("softmax", "log_softmax"))  # one warp per row
+SOFTMAX_BACKWARD, LOG_SOFTMAX_BACKWARD = (
+    Kernel("softmax_xent.cu", f"{name}_backward_kernel",
+           "const float* dy, const float* y, float* dx, int rows, int classes",
+           grid=lambda a: cdiv(a.rows, BLOCK // 32)) for name in ("softmax", "log_softmax"))
+
+
 def mse_partial_blocks(n: int) -> int:
     """Blocks of the first MSE reduction stage: a function of n only, so the summation order
     (and the loss, bit for bit) is the same on every run."""
@@ -60,3 +69,31 @@ def mse_loss_backward(L, pred, target, dloss, out=None):
     dpred = output(out, pred.shape)
     L.launch(MSE_BACKWARD, pred, target, dloss, dpred, 2.0 / pred.size, pred.size)
     return dpred
+
+
+def _rows(L, kernel, x, out):
+    y = output(out, x.shape)
+    L.launch(kernel, x, y, *x.shape)
+    return y
+
+
+def _rows_backward(L, kernel, dy, y, out):
+    dx = output(out, dy.shape)
+    L.launch(kernel, dy, y, dx, *dy.shape)
+    return dx
+
+
+def softmax_forward(L, x, out=None):
+    return _rows(L, SOFTMAX_FORWARD, x, out)
+
+
+def log_softmax_forward(L, x, out=None):
+    return _rows(L, LOG_SOFTMAX_FORWARD, x, out)
+
+
+def softmax_backward(L, dy, y, out=None):
+    return _rows_backward(L, SOFTMAX_BACKWARD, dy, y, out)
+
+
+def log_softmax_backward(L, dy, y, out=None):
+    return _rows_backward(L, LOG_SOFTMAX_BACKWARD, dy, y, out)

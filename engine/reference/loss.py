@@ -9,6 +9,13 @@ log-sum-exp is taken after subtracting the row maximum, so logits of any magnitu
 mse_loss_forward(pred, target): mean of (pred - target)**2 over all elements, 0-d.
 mse_loss_backward(pred, target, dloss): 2 * (pred - target) / numel * dloss.
 
+softmax_forward(x (N, K)) -> exp(x) / sum_k exp(x), per row; log_softmax_forward(x) ->
+x - log sum_k exp(x), per row: class probabilities and their logs from logits (the
+functional API moves any axis last and flattens the others into rows). Both subtract the
+row maximum first, as the cross-entropy does. Their backwards take the forward's OUTPUT y:
+    softmax_backward(dy, y)     = y * (dy - sum_k dy * y)
+    log_softmax_backward(dy, y) = dy - exp(y) * sum_k dy
+
 Results are float64, or written (cast) into ``out=``.
 """
 from __future__ import annotations
@@ -64,6 +71,37 @@ def mse_loss_backward(pred, target, dloss, out=None):
     return out
 
 
+def _rows_into(out, value):
+    if out is None:
+        return value
+    out[...] = value
+    return out
+
+
+def softmax_forward(x, out=None):
+    x = np.asarray(x, dtype=np.float64)  # (N, K)
+    e = np.exp(x - x.max(axis=1, keepdims=True))  # every row's max is exp(0) = 1: no overflow
+    return _rows_into(out, e / e.sum(axis=1, keepdims=True))
+
+
+def softmax_backward(dy, y, out=None):
+    dy, y = np.asarray(dy, dtype=np.float64), np.asarray(y, dtype=np.float64)  # (N, K)
+    # d softmax_j / d x_k = y_j (delta_jk - y_k)
+    return _rows_into(out, y * (dy - (dy * y).sum(axis=1, keepdims=True)))
+
+
+def log_softmax_forward(x, out=None):
+    x = np.asarray(x, dtype=np.float64)  # (N, K)
+    shifted = x - x.max(axis=1, keepdims=True)
+    return _rows_into(out, shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True)))
+
+
+def log_softmax_backward(dy, y, out=None):
+    dy, y = np.asarray(dy, dtype=np.float64), np.asarray(y, dtype=np.float64)  # (N, K)
+    # d log_softmax_j / d x_k = delta_jk - softmax_k, and softmax = exp(y)
+    return _rows_into(out, dy - np.exp(y) * dy.sum(axis=1, keepdims=True))
+
+
 # --------------------------------------------------------------------------------------
 # Cards (engine.cards). Labels are int64, as NumPy and PyTorch index with.
 
@@ -76,6 +114,12 @@ def _torch_cross_entropy(T, logits, labels):
         dlogp = T.aten.nll_loss_backward(one, logp, labels, None, 1, -100, total_weight)
         return loss, T.aten._log_softmax_backward_data(dlogp, logp, 1, logits.dtype)
     return forward_and_backward
+
+
+def _dy_and_output(rng, s: Loss, forward):
+    """(dy, y) for a backward that takes the forward's output y, of logits drawn as the forward's."""
+    dy, x = normal(rng, (s.n, s.classes)), normal(rng, (s.n, s.classes), 3.0)
+    return dy, forward(x).astype(np.float32)
 
 
 CARDS = [
@@ -91,4 +135,14 @@ CARDS = [
            lambda r, s: (normal(r, (s.n, s.classes)), normal(r, (s.n, s.classes)), np.array(0.7, np.float32)),
            ("dpred",), like_arg(0), "loss",
            torch=lambda T, pred, target, dloss: lambda: T.aten.mse_loss_backward(dloss, pred, target, 1)),
+    OpCard("softmax_forward", softmax_forward, Loss, lambda r, s: (normal(r, (s.n, s.classes), 3.0),),
+           ("y",), like_arg(0), "loss", torch=lambda T, x: lambda: T.aten._softmax(x, 1, False)),
+    OpCard("softmax_backward", softmax_backward, Loss, lambda r, s: _dy_and_output(r, s, softmax_forward),
+           ("dx",), like_arg(0), "loss",
+           torch=lambda T, dy, y: lambda: T.aten._softmax_backward_data(dy, y, 1, y.dtype)),
+    OpCard("log_softmax_forward", log_softmax_forward, Loss, lambda r, s: (normal(r, (s.n, s.classes), 3.0),),
+           ("y",), like_arg(0), "loss", torch=lambda T, x: lambda: T.aten._log_softmax(x, 1, False)),
+    OpCard("log_softmax_backward", log_softmax_backward, Loss,
+           lambda r, s: _dy_and_output(r, s, log_softmax_forward), ("dx",), like_arg(0), "loss",
+           torch=lambda T, dy, y: lambda: T.aten._log_softmax_backward_data(dy, y, 1, y.dtype)),
 ]
