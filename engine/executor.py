@@ -5,7 +5,8 @@ that each do one job and run in this order (Plan.__init__ reads as their list):
 
 1. trace_step: the model, and its loss unless predicting, traced for (batch, mode);
 2. fuse_relu: ReLUs fold into the conv/linear/batch-norm node before them;
-3. values_needing_grad: what backward must differentiate;
+3. values_needing_grad: what backward must differentiate: nothing upstream of the first
+   trainable layer, so backward stops there (frozen layers: layer.trainable False);
 4. lifetimes: every buffer the step uses (activations, gradients, the scratch that layers
    declare with saved() and scratch(), gradient accumulators) with the interval it lives on a
    timeline in which node i runs forward at time i and backward at 2n-1-i;
@@ -18,7 +19,9 @@ that each do one job and run in this order (Plan.__init__ reads as their list):
 
 Only the graph inputs (fed by the caller) and the executor's flat arrays live outside the
 arena: all parameters in one flat array, their gradients in another, and the optimizer's
-state in flat arrays of the same layout, so one optimizer launch updates everything.
+state in flat arrays of the same layout, so one optimizer launch updates everything. Frozen
+layers' parameters sit at the end of that layout, past `trainable_end`, where the optimizer
+(its update, weight decay and L1 alike) never reaches.
 Nothing is allocated inside a step, and on the GPU nothing leaves the device except the
 loss, when the caller reads it.
 """
@@ -29,7 +32,7 @@ from typing import NamedTuple
 import numpy as np
 
 from engine.backend import get_backend, CPU_BACKEND
-from engine.graph import Bound, Graph, trace  # Bound lived here once: engine.executor.Bound still works
+from engine.graph import Bound, Graph, layer_paths, trace  # Bound lived here once: engine.executor.Bound still works
 from engine import checks as C, nn
 
 ALIGN = 256  # bytes: every view starts 256-byte aligned, so kernels may use 16-byte vector loads
@@ -129,13 +132,15 @@ def fuse_relu(g: Graph) -> set:
 
 
 def values_needing_grad(g: Graph, backward: bool) -> set:
-    """The values whose gradient backward computes: outputs of nodes with parameters, and
-    everything downstream of them. Empty without a backward pass. A node runs backward when
-    its output is one of them."""
+    """The values whose gradient backward computes: outputs of nodes with trainable
+    parameters, and everything downstream of them. Empty without a backward pass. A node
+    runs backward when its output is one of them, so nothing upstream of the first trainable
+    layer runs backward (frozen layers there cost a forward only); a frozen layer downstream
+    of a trainable one runs backward for its input's gradient alone."""
     needs_grad = set()
     if backward:
         for node in g.nodes:
-            if node.layer.params or any(v in needs_grad for v in node.inputs):
+            if (node.layer.params and node.layer.trainable) or any(v in needs_grad for v in node.inputs):
                 needs_grad.add(node.output)
     return needs_grad
 
@@ -168,8 +173,10 @@ def lifetimes(g: Graph, fused: set, needs_grad: set) -> dict:
 def node_lifetimes(g: Graph, node, fused_relu: bool, needs_grad: set) -> dict:
     """One node's own buffers: what forward saves for backward ("s", from its forward to its
     backward, or forward alone when it runs none); and, when it runs backward, that pass's
-    scratch ("s"), a dx for an unread input the layer must still write ("dx"), and a
-    parameter gradient to add to one written by a later use of the layer ("param_acc")."""
+    scratch ("s"), a dx for an unread input the layer must still write ("dx"), a parameter
+    gradient to add to one written by a later use of the layer ("param_acc"), and, for a
+    frozen layer whose backward writes parameter gradients anyway, where they go and are
+    dropped ("frozen_grad")."""
     i, layer, runs_backward = node.index, node.layer, node.output in needs_grad
     back = 2 * len(g.nodes) - 1 - i
     saved = layer.saved(*[v.shape for v in node.inputs])
@@ -182,7 +189,11 @@ def node_lifetimes(g: Graph, node, fused_relu: bool, needs_grad: set) -> dict:
     for k, v in enumerate(node.inputs):
         if layer.input_grads_required and v not in needs_grad:
             buffers[("dx", i, k)] = Buffer(back, back, v.shape, np.float32)
-    if any(later.layer is layer for later in g.nodes[i + 1:]):  # whose backward runs first
+    if not layer.trainable:
+        if layer.param_grads_required:
+            for name, value in layer.params.items():
+                buffers[("frozen_grad", i, name)] = Buffer(back, back, value.shape, np.float32)
+    elif any(later.layer is layer for later in g.nodes[i + 1:]):  # whose backward runs first
         for name, value in layer.params.items():
             buffers[("param_acc", i, name)] = Buffer(back, back, value.shape, np.float32)
     return buffers
@@ -249,28 +260,34 @@ def bind_gradients(ex: "Executor", bound: list, arrays: dict, needs_grad: set) -
         if not b.needs_backward:
             continue
         for name in b.layer.params:
-            if ("param_acc", i, name) in arrays:
+            if not b.layer.trainable:  # no gradient, or one written to scratch and dropped
+                b.g[name] = arrays.get(("frozen_grad", i, name))
+            elif ("param_acc", i, name) in arrays:
                 b.g[name] = arrays[("param_acc", i, name)]
                 b.accumulate.append((ex.grad(b.layer, name), b.g[name]))
             else:
                 b.g[name] = ex.grad(b.layer, name)
 
 
-def parameter_layout(layers) -> tuple[dict, int, int]:
+def parameter_layout(layers) -> tuple[dict, int, int, int]:
     """Where each parameter lives in the flat arrays: (id(layer), name) -> (offset, shape),
-    the total size, and where the weights end. Weights (conv and dense, rank >= 2) come first
-    and biases and batch-norm parameters after them, so that an optimizer can treat each
-    part as one slice (engine.optim: L1 and weight decay on the weights only). Every
-    parameter starts ALIGN-aligned."""
+    the total size, where the trainable weights end and where the trainable parameters end.
+    Trainable weights (conv and dense, rank >= 2) come first and trainable biases and
+    batch-norm parameters after them, so that an optimizer can treat each part as one slice
+    (engine.optim: L1 and weight decay on the weights only); frozen layers' parameters come
+    last, past the optimizer's reach. Every parameter starts ALIGN-aligned."""
     offsets, total, weights_end = {}, 0, 0
-    for weights in (True, False):
+    for trainable, weights in ((True, True), (True, False), (False, None)):
         for layer in layers:
             for name, value in layer.params.items():
-                if (value.ndim >= 2) == weights:
+                if layer.trainable == trainable and weights in (None, value.ndim >= 2):
                     offsets[(id(layer), name)] = (total, value.shape)
                     total += _aligned(value.size * FLOAT32) // FLOAT32
-        weights_end = total if weights else weights_end
-    return offsets, total, weights_end
+        if weights:
+            weights_end = total
+        elif trainable:
+            trainable_end = total
+    return offsets, total, weights_end, trainable_end
 
 
 class Executor:
@@ -307,22 +324,39 @@ class Executor:
         self.layers = probe.layers()
         self.layer_index = {id(layer): i for i, layer in enumerate(self.layers)}
         self.output_shape = probe.outputs[0].shape[1:]
-        self._offsets, total, self.weights_end = parameter_layout(self.layers)
-        offsets = self._offsets
+        self._paths = layer_paths(model)
+        self._lay_out_parameters()
+        for layer in self.layers:
+            for name, value in layer.params.items():
+                self._copy_in(self.param(layer, name), value)
+        self._buffers = {id(layer): {k: self.xp.asarray(v).copy() for k, v in layer.buffers.items()}
+                         for layer in self.layers}
+        self._plans: dict = {}
+
+    def _lay_out_parameters(self) -> None:
+        """The flat parameter, gradient and optimizer-state arrays (zeros), laid out for the
+        layers' trainable flags as they are now (parameter_layout)."""
+        self._trainable = tuple(layer.trainable for layer in self.layers)
+        self._offsets, total, self.weights_end, self.trainable_end = parameter_layout(self.layers)
         xp = self.xp
         self.params_flat = xp.zeros(max(total, 1), np.float32)
         self.grads_flat = xp.zeros(max(total, 1), np.float32)
         self._views = {key: (self.params_flat[o:o + int(np.prod(s))].reshape(s),
                              self.grads_flat[o:o + int(np.prod(s))].reshape(s))
-                       for key, (o, s) in offsets.items()}
-        for layer in self.layers:
-            for name, value in layer.params.items():
-                self._copy_in(self.param(layer, name), value)
-        self._buffers = {id(layer): {k: xp.asarray(v).copy() for k, v in layer.buffers.items()}
-                         for layer in self.layers}
+                       for key, (o, s) in self._offsets.items()}
         self.opt_state = {k: xp.zeros_like(self.params_flat) for k in
-                          (optimizer.state_names if optimizer is not None else ())}
-        self._plans: dict = {}
+                          (self.optimizer.state_names if self.optimizer is not None else ())}
+
+    def _follow_freezing(self) -> None:
+        """When a layer was frozen or unfrozen since the parameters were laid out: lay them
+        out again (values and optimizer state move with them, through state_dict) and drop
+        the plans, which are bound to the old arrays."""
+        if tuple(layer.trainable for layer in self.layers) == self._trainable:
+            return
+        state = self.state_dict()
+        self._lay_out_parameters()
+        self._plans.clear()
+        self.load_state_dict(state)
 
     # --- parameters ---------------------------------------------------------------
     def param(self, layer, name):
@@ -342,6 +376,38 @@ class Executor:
     def num_params(self) -> int:
         return sum(layer.num_params() for layer in self.layers)
 
+    def num_trainable_params(self) -> int:
+        return sum(layer.num_params() for layer in self.layers if layer.trainable)
+
+    # --- parameters by name, as torch names them -------------------------------------
+    def _named(self):
+        """(name, layer, key): every parameter's and buffer's name is the layer's path in the
+        model and the array's own name ("features.0.weight", "layer1.0.bn1.running_mean")."""
+        for layer in self.layers:
+            path = self._paths.get(id(layer), layer.name)
+            for key in (*layer.params, *layer.buffers):
+                yield (f"{path}.{key}" if path else key), layer, key
+
+    def named_parameters(self) -> dict:
+        """name -> the live parameter (a view of the flat array, on the executor's device):
+        writes change the model, and torch.from_dlpack / cupy.from_dlpack share it uncopied."""
+        return {name: self.param(layer, key) for name, layer, key in self._named() if key in layer.params}
+
+    def named_buffers(self) -> dict:
+        """name -> the live non-trainable state (batch norm's running statistics)."""
+        return {name: self.buffers_of(layer)[key] for name, layer, key in self._named() if key in layer.buffers}
+
+    def weights(self) -> dict:
+        """Host copies of every parameter and buffer by name: a state dict torch can load."""
+        host = (lambda a: np.array(a)) if self.xp is np else (lambda a: a.get())
+        return {name: host(a) for name, a in {**self.named_parameters(), **self.named_buffers()}.items()}
+
+    def load_weights(self, source, strict: bool = True):
+        """Parameters and buffers by name from a file (.pt/.pth, .safetensors, .npz, an engine
+        model file) or a dict of arrays (NumPy, CuPy, torch tensors); see engine.weights."""
+        from engine.weights import load_weights
+        return load_weights(self, source, strict=strict)
+
     def target_shape(self, logits_shape) -> tuple:
         return () if self.loss_name == "cross_entropy" else tuple(logits_shape[1:])
 
@@ -355,6 +421,7 @@ class Executor:
             dst[...] = src
 
     def plan(self, batch: int, mode: str) -> Plan:
+        self._follow_freezing()
         key = (int(batch), mode)
         if key not in self._plans:
             self._plans[key] = Plan(self, int(batch), mode)
@@ -386,6 +453,9 @@ class Executor:
         if self.optimizer is None:
             raise ValueError("Executor.train_step: no optimizer was given")
         plan = self.plan(len(x), "train")
+        if self.trainable_end == 0:
+            raise ValueError("Executor.train_step: nothing to train: every layer with parameters is frozen "
+                             "(unfreeze one: layer.trainable = True, or engine.nn.unfreeze(model))")
         self._feed(plan, x, y)
         self._forward(plan)
         bk = self.bk
@@ -395,9 +465,16 @@ class Executor:
                 for total, part in b.accumulate:
                     bk.add(total, part, out=total)
         self.step += 1
-        self.optimizer.step(bk, self.params_flat, self.grads_flat, self.opt_state, self.step, self.lr,
-                            self.weights_end)
+        self.optimizer.step(bk, *self._trainable_part(), self.step, self.lr, self.weights_end)
         return plan.loss
+
+    def _trainable_part(self) -> tuple:
+        """(parameters, gradients, optimizer state) of the trainable layers: the whole flat
+        arrays when nothing is frozen, else their head, before the frozen parameters."""
+        end = self.trainable_end
+        if end == self.params_flat.size:
+            return self.params_flat, self.grads_flat, self.opt_state
+        return self.params_flat[:end], self.grads_flat[:end], {k: v[:end] for k, v in self.opt_state.items()}
 
     def eval_step(self, x, y):
         """Forward in eval mode with the loss: (loss 0-d array, logits), both device views

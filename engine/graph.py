@@ -98,6 +98,8 @@ class Layer:
     grad_in_forward = False       # True: forward also writes d(loss)/d(inputs) (fused losses)
     relu_fusion = None            # how a following ReLU can run inside this layer (engine.executor.fuse_relu)
     input_grads_required = False  # True: backward needs a dx buffer even if nobody reads it
+    param_grads_required = False  # True: backward writes parameter gradients even when frozen (one-pass ops)
+    trainable = True              # False: frozen, its parameters keep their values (see freeze())
 
     def __init__(self):
         self.params: dict[str, np.ndarray] = {}
@@ -226,22 +228,62 @@ class Sequential(Model):
         return x
 
 
+def layer_paths(model) -> dict[int, str]:
+    """id(layer) -> its dotted path in the model ("features.0"); "" for a model that is one layer."""
+    if isinstance(model, Model):
+        return {id(layer): path for path, layer in model.named_layers()}
+    return {id(model): ""}
+
+
+def freeze(model: Model, upto: str) -> list[str]:
+    """Freeze every layer of `model` up to and including `upto` -- a layer's path, or a
+    sub-model's ("features", "layer3"): all of its layers -- in the order named_layers()
+    gives (the attributes' order, as torch's named_modules). Returns the frozen paths.
+
+    A frozen layer's parameters keep their values: no gradient, no update, no weight decay;
+    a frozen batch norm normalises with its running statistics and leaves them as they
+    are. One layer alone: ``layer.trainable = False``; undo with unfreeze(model)."""
+    if not isinstance(model, Model):
+        raise TypeError(f"freeze: expected a Model (set layer.trainable = False on a single layer), "
+                        f"got {type(model).__name__}")
+    if not isinstance(upto, str):
+        raise TypeError(f"freeze: upto must be a layer's path (a str such as 'features'), got {type(upto).__name__}")
+    named = list(model.named_layers())
+    hits = [i for i, (path, _) in enumerate(named) if path == upto or path.startswith(upto + ".")]
+    if not hits:
+        raise ValueError(f"freeze: the model has no layer or block {upto!r}; its layers are "
+                         f"{', '.join(path for path, _ in named)}")
+    for _, layer in named[:hits[-1] + 1]:
+        layer.trainable = False
+    return [path for path, _ in named[:hits[-1] + 1]]
+
+
+def unfreeze(model) -> None:
+    """Make every layer of `model` trainable again."""
+    for layer in (layer for _, layer in model.named_layers()) if isinstance(model, Model) else [model]:
+        layer.trainable = True
+
+
 def summary(model, input_shape: tuple) -> str:
     """A table like Keras's: each layer call in order, with its path in the model, its
-    settings, output shape and parameter count; then the totals. input_shape excludes the batch."""
+    settings, output shape and parameter count (marked when frozen); then the totals,
+    trainable and frozen. input_shape excludes the batch."""
     g = trace(model, (1, *input_shape))
-    paths = {id(layer): path for path, layer in model.named_layers()} if isinstance(model, Model) else {}
+    paths = layer_paths(model)
     rows = [("Layer", "Settings", "Output shape", "Params")]
     seen = set()
     for node in g.nodes:
         count = 0 if id(node.layer) in seen else node.layer.num_params()
         seen.add(id(node.layer))
-        rows.append((paths.get(id(node.layer), node.layer.name), repr(node.layer),
-                     str(("N", *node.output.shape[1:])).replace("'", ""), f"{count:,}"))
+        frozen = " (frozen)" if count and not node.layer.trainable else ""
+        rows.append((paths.get(id(node.layer)) or node.layer.name, repr(node.layer),
+                     str(("N", *node.output.shape[1:])).replace("'", ""), f"{count:,}{frozen}"))
     total = sum(layer.num_params() for layer in g.layers())
+    frozen_total = sum(layer.num_params() for layer in g.layers() if not layer.trainable)
     w = [max(len(r[i]) for r in rows) for i in range(4)]
     line = "-" * (sum(w) + 6)
     fmt = lambda r: f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:>{w[3]}}"  # noqa: E731
     body = [fmt(rows[0]), line, *[fmt(r) for r in rows[1:]], line,
-            f"Total params: {total:,}", f"Input shape: (N, {', '.join(map(str, input_shape))})"]
+            f"Total params: {total:,}", f"Trainable params: {total - frozen_total:,}",
+            f"Frozen params: {frozen_total:,}", f"Input shape: (N, {', '.join(map(str, input_shape))})"]
     return "\n".join(body)

@@ -7,7 +7,8 @@ with ``n`` a bound node (engine.graph.Bound) holding the real arrays:
     n.x[i]   inputs                      n.y    output
     n.dx[i]  where to write d(loss)/d(x[i]) (None when nobody needs it)
     n.dy     d(loss)/d(y)
-    n.p[k]   parameters, n.g[k] where to write their gradients (None when frozen)
+    n.p[k]   parameters, n.g[k] where to write their gradients (None when the layer is
+             frozen: layer.trainable False; a scratch buffer instead if param_grads_required)
     n.s[k]   what forward saves for backward (saved(): argmax, masks, statistics) and
              backward's own work buffers (scratch()), both placed by the memory plan
     n.state  persistent non-trainable buffers (batch-norm running statistics)
@@ -23,7 +24,7 @@ import math
 import numpy as np
 
 from engine import checks as C
-from engine.graph import Add, Layer, Value, Model, Sequential  # noqa: F401  (re-exported)
+from engine.graph import Add, Layer, Value, Model, Sequential, freeze, unfreeze  # noqa: F401  (re-exported)
 from engine.reference.activation import ROWS
 
 _init_rng = np.random.default_rng(0)
@@ -69,8 +70,11 @@ class _Weighted(Layer):
         dy = n.dy
         if n.relu:
             dy = n.s["pre_relu_grad"]
-            bk.bias_relu_backward(n.dy, n.y, out=(dy, n.g["bias"]))
-        elif "bias" in n.g:
+            if n.g.get("bias") is None:  # frozen: only the ReLU's mask is needed, for dx
+                bk.relu_backward(n.dy, n.y, out=dy)
+            else:
+                bk.bias_relu_backward(n.dy, n.y, out=(dy, n.g["bias"]))
+        elif n.g.get("bias") is not None:
             bk.bias_backward(dy, out=n.g["bias"])
         self.product_grads(bk, n, dy)
 
@@ -107,7 +111,8 @@ class Conv2d(_Weighted):
     def product_grads(self, bk, n, dy):
         if n.dx[0] is not None:
             bk.conv2d_backward_data(dy, n.p["weight"], n.x[0].shape, self.stride, self.padding, out=n.dx[0])
-        bk.conv2d_backward_weight(dy, n.x[0], n.p["weight"].shape, self.stride, self.padding, out=n.g["weight"])
+        if n.g.get("weight") is not None:
+            bk.conv2d_backward_weight(dy, n.x[0], n.p["weight"].shape, self.stride, self.padding, out=n.g["weight"])
 
 
 class Linear(_Weighted):
@@ -133,12 +138,17 @@ class Linear(_Weighted):
     def product_grads(self, bk, n, dy):
         if n.dx[0] is not None:
             bk.linear_backward_data(dy, n.p["weight"], out=n.dx[0])
-        bk.linear_backward_weight(dy, n.x[0], out=n.g["weight"])
+        if n.g.get("weight") is not None:
+            bk.linear_backward_weight(dy, n.x[0], out=n.g["weight"])
 
 
 class _BatchNorm(Layer):
+    """Frozen (trainable False), it normalises with its running statistics in training too
+    and leaves them alone (Keras's rule; in torch, .eval() on the frozen part): the
+    statistics it was trained with stay the ones it applies."""
     ndim = 4
     input_grads_required = True  # the backward op computes dx with dgamma/dbeta in one pass
+    param_grads_required = True  # ... so a frozen one still needs somewhere to write dgamma/dbeta
     relu_fusion = "batchnorm"    # a following ReLU runs inside batch_norm_relu_forward/backward
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
@@ -165,15 +175,20 @@ class _BatchNorm(Layer):
     def forward(self, bk, n):
         op = bk.batch_norm_relu_forward if n.relu else bk.batch_norm_forward
         op(n.x[0], n.p["weight"], n.p["bias"], n.state["running_mean"], n.state["running_var"],
-           n.training, self.momentum, self.eps, out=(n.y, n.s["mean"], n.s["invstd"]))
+           self.batch_statistics(n), self.momentum, self.eps, out=(n.y, n.s["mean"], n.s["invstd"]))
 
     def backward(self, bk, n):
         out = (n.dx[0], n.g["weight"], n.g["bias"])
+        training = self.batch_statistics(n)
         if n.relu:
             bk.batch_norm_relu_backward(n.dy, n.y, n.x[0], n.p["weight"], n.s["mean"], n.s["invstd"],
-                                        n.training, out=out)
+                                        training, out=out)
         else:
-            bk.batch_norm_backward(n.dy, n.x[0], n.p["weight"], n.s["mean"], n.s["invstd"], n.training, out=out)
+            bk.batch_norm_backward(n.dy, n.x[0], n.p["weight"], n.s["mean"], n.s["invstd"], training, out=out)
+
+    def batch_statistics(self, n) -> bool:
+        """Normalise with the batch's statistics (and update the running ones): training, unfrozen."""
+        return n.training and self.trainable
 
 
 class BatchNorm2d(_BatchNorm):

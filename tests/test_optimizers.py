@@ -82,7 +82,8 @@ def test_decoupled_decay_shrinks_the_weights_for_any_optimizer():
 
 def test_weights_come_first_in_the_flat_layout():
     layers = [layer for _, layer in model().named_layers()]
-    offsets, total, weights_end = parameter_layout(layers)
+    offsets, total, weights_end, trainable_end = parameter_layout(layers)
+    assert trainable_end == total  # nothing frozen
     ranks = {key: len(shape) for key, (_, shape) in offsets.items()}
     assert all((offset < weights_end) == (ranks[key] >= 2) for key, (offset, _) in offsets.items())
     assert 0 < weights_end < total
