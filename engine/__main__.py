@@ -1,4 +1,4 @@
-"""Command line: python -m engine {train, cv, lr-find, summary, validate, bench} ...
+"""Command line: python -m engine {train, cv, lr-find, summary, predict, export, validate, bench} ...
 
     python -m engine train lenet                 # bundled MNIST subset, best working device
     python -m engine train lenet --optimizer sgd --weight-decay 5e-4 --l1 1e-5 --augment
@@ -7,6 +7,10 @@
     python -m engine train my_models.py:FlatNet --epochs 5 --json out.json
     python -m engine cv lenet --folds 5 --plots cv/     # k-fold cross-validation, box plot
     python -m engine lr-find lenet --optimizer sgd      # learning-rate range test, plot
+    python -m engine train lenet --save lenet.npz         # a model file: predict, export, --weights
+    python -m engine train resnet8 --weights base.pt --no-strict --freeze layer2   # fine-tune
+    python -m engine predict lenet.npz digit.png --top 3
+    python -m engine export lenet.npz lenet.onnx
     python -m engine summary resnet18
     python -m engine validate                    # every kernel against the float64 spec
     python -m engine bench --quick               # benchmarks -> benchmarks/results/
@@ -199,6 +203,42 @@ def _plots_dir(args) -> str:
     return args.plots
 
 
+def _read_weights(args):
+    """The arrays of --weights, read (and so checked) before any data loads; None without it."""
+    if args.weights is None:
+        return None
+    from engine.weights import read_weights
+    return read_weights(args.weights)
+
+
+def _weights_and_freezing(args, ex, weights) -> None:
+    """--weights into the new model (strict unless --no-strict), then --freeze; says what it did."""
+    from engine.graph import Model, freeze
+    from engine.weights import load_weights
+    if weights is not None:
+        print(load_weights(ex, weights, strict=not args.no_strict, name=args.weights))
+    if args.freeze is not None:
+        if not isinstance(ex.model, Model):
+            raise ValueError(f"--freeze: {args.model} is a single layer; there is nothing to freeze up to")
+        frozen = freeze(ex.model, args.freeze)
+        print(f"frozen: {frozen[0]} to {frozen[-1]} ({len(frozen)} layers, "
+              f"{ex.num_params() - ex.num_trainable_params():,} parameters)")
+
+
+def _preprocess(args, ds) -> dict:
+    """How predict must turn an image file into an input: as _load_data read the images."""
+    h = ds.train.x.shape[2]
+    if args.data.startswith("folder:"):
+        return {"resize": max(h + 1, int(h * 256 / 224)), "crop": h}  # load_image_folder's size and crop
+    return {"resize": h, "crop": h}
+
+
+def _save_model(args, ex, ds) -> None:
+    from engine.modelfile import save_model
+    save_model(args.save, ex, class_names=ds.class_names, mean=ds.mean, std=ds.std, preprocess=_preprocess(args, ds))
+    print(f"model written to {args.save} (python -m engine predict {args.save} IMAGE ...)")
+
+
 def cmd_train(args) -> int:
     from engine.data import DataLoader
     from engine.plots import plot_confusion_matrix, plot_history
@@ -216,10 +256,12 @@ def cmd_train(args) -> int:
     if args.resume:
         resume_state(args.checkpoint, config, args.resume_anyway, log=lambda line: None)
 
+    weights = _read_weights(args)
     ds = _load_data(args)
     (x_train, y_train), val = _split_validation(args, ds)
     x_test, y_test = ds.test
     ex = _executor(args, ds, args.seed)
+    _weights_and_freezing(args, ex, weights)
     augment = _augment(args, ds)
     print(f"{args.model}: {ex.num_params():,} parameters on {ex.device} (backend {ex.bk.name}); "
           f"{len(x_train)} training, {0 if val is None else len(val[0])} validation and {len(x_test)} test images, "
@@ -258,6 +300,10 @@ def cmd_train(args) -> int:
         nonfinite = write_json(args.json, summary)
         print(f"summary written to {args.json}" + (f" (NaN/Inf written as null at {len(nonfinite)} places, "
                                                    f"listed under 'nonfinite')" if nonfinite else ""))
+    if args.save and history.nonfinite:
+        print("--save: no model file written: training stopped on a NaN/Inf")
+    elif args.save:
+        _save_model(args, ex, ds)
     if history.nonfinite:
         raise NonFiniteLoss(f"train: stopped at {history.nonfinite} on a NaN/Inf loss or weights "
                             f"(--on-nonfinite stop); lower --lr")
@@ -320,7 +366,36 @@ def cmd_summary(args) -> int:
     if shape is None:
         raise ValueError(f"summary: {args.model} does not say its input size; give --input-shape C,H,W")
     model = build_model(args.model, args.num_classes or 10, shape[0], **_model_options(args))
+    if args.freeze is not None:
+        from engine.graph import freeze
+        freeze(model, args.freeze)
     print(repr(model) if args.repr else summary(model, shape))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import json
+    from engine.modelfile import load_model
+    for path in args.images:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"predict: no image file {path}")
+    saved = load_model(args.model, device=args.device)
+    results = saved.classify(args.images, top=args.top)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    width = max(len(c) for c in saved.class_names)
+    for result in results:
+        print(result["image"])
+        for guess in result["top"]:
+            print(f"  {guess['class']:<{width}}  {guess['probability']:.4f}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from engine.export import export_onnx
+    model = export_onnx(args.model, args.out, opset=args.opset)
+    print(f"{args.out}: ONNX opset {args.opset}, {len(model.graph.node)} nodes, checked with onnx.checker")
     return 0
 
 
@@ -340,6 +415,15 @@ def build_parser() -> cli.ArgumentParser:
     t.add_argument("--patience", type=integer(0), default=0, help="early stopping patience in epochs (0: off)")
     t.add_argument("--json", default=None, help="write a summary of the run as JSON here")
     t.add_argument("--plots", default=None, help="directory for learning-curve and confusion-matrix PNGs")
+    t.add_argument("--save", default=None,
+                   help="write the trained model here (.npz: architecture, weights, classes, normalisation)")
+    t.add_argument("--weights", default=None,
+                   help="start from these weights: a PyTorch state dict (.pt/.pth), .safetensors or .npz")
+    t.add_argument("--no-strict", action="store_true",
+                   help="with --weights: load what fits (a new head stays initialised) and list what was skipped")
+    t.add_argument("--freeze", default=None, metavar="LAYER",
+                   help="freeze every layer up to and including LAYER, a path as `summary` lists them "
+                        "(e.g. features, layer3, 5)")
     t.set_defaults(func=cmd_train)
 
     c = sub.add_parser("cv", help="k-fold cross-validation: mean and spread of accuracy and precision")
@@ -363,7 +447,22 @@ def build_parser() -> cli.ArgumentParser:
     s.add_argument("--input-shape", type=integers(1, length=3), default=None, help="C,H,W (default: the model's own)")
     s.add_argument("--repr", action="store_true", help="print the model's repr (its layer tree) instead")
     _model_arguments(s.add_argument_group("model options"))
+    s.add_argument("--freeze", default=None, metavar="LAYER", help="show the counts with layers up to LAYER frozen")
     s.set_defaults(func=cmd_summary)
+
+    pr = sub.add_parser("predict", help="classify image files with a model file (train --save)")
+    pr.add_argument("model", help="a model file written by train --save")
+    pr.add_argument("images", nargs="+", help="image files (decoded, resized and normalised as at training)")
+    pr.add_argument("--top", type=integer(1), default=5, help="how many classes to show per image (default 5)")
+    pr.add_argument("--json", action="store_true", help="print the results as JSON")
+    pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    pr.set_defaults(func=cmd_predict)
+
+    e = sub.add_parser("export", help="write a model file as ONNX (checked with onnx.checker)")
+    e.add_argument("model", help="a model file written by train --save")
+    e.add_argument("out", help="the .onnx file to write")
+    e.add_argument("--opset", type=integer(17), default=17, help="ONNX opset (default 17, the lowest written)")
+    e.set_defaults(func=cmd_export)
 
     v = sub.add_parser("validate", help="check every kernel against the float64 reference", add_help=False)
     v.set_defaults(func=None)

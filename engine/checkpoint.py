@@ -117,6 +117,9 @@ def load_checkpoint(path) -> dict:
         raise ValueError(f"load_checkpoint: {path} is not a readable checkpoint (corrupt or "
                          f"truncated?): {e}") from e
     meta = arrays.pop(_META, None)
+    if meta is None and "__engine_model__" in arrays:  # engine.modelfile's entry
+        raise ValueError(f"load_checkpoint: {path} is an engine model file (train --save: for predict, export "
+                         f"and --weights), not a training checkpoint (train --checkpoint, for --resume)")
     if meta is None:
         raise ValueError(f"load_checkpoint: {path} is an .npz archive but not a checkpoint "
                          f"(no {_META!r} entry; it holds {sorted(arrays)[:5]})")

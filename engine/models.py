@@ -234,10 +234,21 @@ def find_model(spec: str):
     return builder, getattr(builder, "input_shape", None)
 
 
+def model_spec(spec: str) -> str:
+    """spec as a model file records it: a built-in name as it is, FILE.py:NAME with FILE made
+    absolute (so that the model can be rebuilt from another directory)."""
+    if spec in MODELS:
+        return spec
+    find_model(spec)  # the file exists and defines NAME
+    path, _, name = spec.rpartition(":")
+    return f"{os.path.abspath(path)}:{name}"
+
+
 def build_model(spec: str, num_classes: int, in_channels: int, **options):
     """The model a spec names, built with num_classes and in_channels where it takes them and
     with options (width=..., convs=...) that it must take: an option it does not take is an
-    error naming it."""
+    error naming it. The model records how it was built in model.architecture (a model file
+    rebuilds it from that: engine.modelfile)."""
     builder, _ = find_model(spec)
     try:
         params = inspect.signature(builder).parameters
@@ -256,6 +267,8 @@ def build_model(spec: str, num_classes: int, in_channels: int, **options):
     if not isinstance(model, (Model, Layer)):
         raise ValueError(f"model {spec!r}: {getattr(builder, '__name__', spec)} gave a {type(model).__name__}, "
                          f"not a model (a Sequential, a Model or a Layer)")
+    model.architecture = {"model": model_spec(spec), "num_classes": num_classes, "in_channels": in_channels,
+                          "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}}
     return model
 
 
