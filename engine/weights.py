@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.backend import is_cuda_array
+from engine.backend import array_module, is_cuda_array
 
 IGNORED = ("num_batches_tracked",)  # torch's batch-norm step counter: the engine keeps none
 CHECKPOINT_ENTRY, MODEL_ENTRY = "__checkpoint__", "__engine_model__"  # the engine's own .npz files
@@ -209,7 +209,7 @@ def load_weights(ex, source, strict: bool = True, name: str | None = None) -> Lo
         if tuple(value.shape) != tuple(targets[key].shape):
             report.mismatched.append((key, value.shape, targets[key].shape))
             continue
-        if value.dtype.kind == "f" and not bool(ex.xp.isfinite(value).all()):
+        if value.dtype.kind == "f" and not bool(array_module(value).isfinite(value).all()):
             raise ValueError(f"load_weights: {key} in {name} holds NaN or infinite values")
         arrays[key] = value
     if not arrays and targets:
@@ -251,9 +251,11 @@ def _host_array(value) -> np.ndarray:
 def _host_or_device_array(value, xp):
     """value as an array the executor can copy from: CuPy and NumPy arrays as they are; a
     GPU tensor onto an executor on the GPU through DLPack (no copy); anything else on the host."""
-    if isinstance(value, np.ndarray) or is_cuda_array(value):
+    if isinstance(value, np.ndarray):
         return value
-    if xp is not np and hasattr(value, "__dlpack__"):
+    if is_cuda_array(value):
+        return value if xp is not np else value.get()  # a device array for a CPU executor: its host copy
+    if xp is not np and hasattr(value, "__dlpack__") and hasattr(xp, "from_dlpack"):
         try:
             return xp.from_dlpack(value.detach() if hasattr(value, "detach") else value)
         except (BufferError, RuntimeError, TypeError, ValueError):

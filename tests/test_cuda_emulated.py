@@ -188,6 +188,38 @@ def test_executor_trains_on_emulated_cuda_like_on_numba(backends):
     assert np.allclose(losses["emulated"], losses["numba"], rtol=tol("training")["rtol"] * 10), losses
 
 
+def test_frozen_layers_weights_and_softmax_layers_run_on_emulated_cuda_like_on_numba(backends):
+    """Freezing on the GPU path: the optimizer on the head of the flat device arrays, a frozen
+    conv+ReLU (ReLU mask only, no weight gradient) and a frozen batch norm (eval form, scratch
+    gradients), a LogSoftmax layer before the loss; weights loaded by name from host arrays."""
+    from engine import nn
+    from engine.executor import Executor
+    from engine.optim import AdamW
+    from engine.tolerances import tol
+
+    def model():
+        nn.manual_seed(11)
+        m = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 3, 3, padding=1), nn.ReLU(),
+                          nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(3 * 4 * 4, 5),
+                          nn.LogSoftmax())
+        m.layers[2].trainable = m.layers[4].trainable = False  # frozen, downstream of the trainable first conv
+        return m
+
+    rng = np.random.default_rng(9)
+    batches = [(rng.standard_normal((4, 1, 8, 8)).astype(np.float32), rng.integers(0, 5, 4)) for _ in range(3)]
+    start = {k: v.astype(np.float32) * 0.5 for k, v in Executor(model(), (1, 8, 8)).weights().items()}
+    losses, frozen = {}, {}
+    for name, kwargs in (("numba", dict(device="cpu")), ("emulated", dict(device="cuda", backend=backends["rtc"]))):
+        ex = Executor(model(), (1, 8, 8), optimizer=AdamW(1e-2), seed=3, **kwargs)
+        assert ex.load_weights(start).complete
+        losses[name] = [float(ex.train_step(x, y)) for x, y in batches]
+        losses[name].append(float(ex.predict(batches[0][0]).sum()))
+        frozen[name] = {k: v for k, v in ex.weights().items() if k.startswith(("2.", "4."))}
+    assert np.allclose(losses["emulated"], losses["numba"], rtol=tol("training")["rtol"] * 10), losses
+    for k, v in frozen["emulated"].items():
+        assert np.array_equal(v, start[k]), f"{k} moved on the emulated GPU"
+
+
 @pytest.mark.parametrize("trans_a, trans_b, bias_axis, offset", [
     (False, False, 1, 0), (False, True, 1, 0), (True, False, 0, 0), (True, True, 0, 0),
     (False, False, -1, 1),  # B one float off 16-byte alignment: the scalar load path
