@@ -14,12 +14,3 @@ import os as _os
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
-
-
-def __getattr__(name):
-    # engine.save_model / engine.load_model (engine.modelfile), imported on first use so that
-    # `import engine` stays light
-    if name in ("save_model", "load_model"):
-        from engine import modelfile
-        return getattr(modelfile, name)
-    raise AttributeError(f"module 'engine' has no attribute {name!r}")

@@ -4,8 +4,9 @@
     python -m engine predict lenet.npz digit.png          # top-k classes and probabilities
     python -m engine export lenet.npz lenet.onnx
 
-    engine.save_model("lenet.npz", ex, "lenet", class_names=ds.class_names, mean=ds.mean, std=ds.std)
-    saved = engine.load_model("lenet.npz")
+    from engine.modelfile import save_model, load_model
+    save_model("lenet.npz", ex, "lenet", class_names=ds.class_names, mean=ds.mean, std=ds.std)
+    saved = load_model("lenet.npz")
     probabilities = saved.predict(x)                       # x normalised as at training time
     saved.classify(["digit.png"])                          # files: decoded as at training time
 
@@ -165,7 +166,7 @@ def read_model_file(path) -> tuple[dict, dict]:
                          f"archive?): {e}") from e
     if CHECKPOINT_ENTRY in arrays:
         raise ValueError(f"load_model: {path} is a training checkpoint (train --checkpoint, for --resume), "
-                         f"not a model file; write one with train --save (or engine.save_model)")
+                         f"not a model file; write one with train --save (engine.modelfile.save_model)")
     if ENTRY not in arrays:
         raise ValueError(f"load_model: {path} is an .npz archive but not an engine model file (no {ENTRY!r} "
                          f"entry; if it holds weights, give it to train --weights or Executor.load_weights)")

@@ -19,6 +19,7 @@ from engine import nn
 from engine.__main__ import main as cli
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.executor import Executor
+from engine.modelfile import load_model, save_model
 from engine.models import build_model, lenet5
 from engine.optim import SGD
 
@@ -37,7 +38,7 @@ def trained(spec="lenet", classes=10, channels=1, shape=(1, 28, 28), **options):
 def test_a_model_file_holds_what_prediction_needs_and_rebuilds_the_model(tmp_path):
     ex = trained(batch_norm=True, dropout=0.2)
     path = tmp_path / "lenet.npz"
-    engine.save_model(path, ex, class_names=[f"digit {i}" for i in range(10)], mean=0.13, std=0.31)
+    save_model(path, ex, class_names=[f"digit {i}" for i in range(10)], mean=0.13, std=0.31)
     with np.load(path, allow_pickle=False) as archive:  # no pickle needed to read any of it
         meta = json.loads(archive["__engine_model__"].tobytes())
         assert set(archive.files) == {"__engine_model__", *ex.weights()}
@@ -46,7 +47,7 @@ def test_a_model_file_holds_what_prediction_needs_and_rebuilds_the_model(tmp_pat
                                     "options": {"batch_norm": True, "dropout": 0.2}}
     assert meta["input_shape"] == [1, 28, 28] and meta["mean"] == [0.13] and meta["std"] == [0.31]
     assert meta["preprocess"] == {"resize": 28, "crop": 28}
-    saved = engine.load_model(path)
+    saved = load_model(path)
     assert saved.class_names[3] == "digit 3" and saved.input_shape == (1, 28, 28)
     assert np.array_equal(saved.executor.predict(X), ex.predict(X))  # the same bits, running stats included
     probabilities = saved.predict(X)
@@ -63,61 +64,61 @@ def test_a_users_model_is_rebuilt_from_its_file_wherever_predict_runs(tmp_path, 
         "                         nn.Linear(hidden, num_classes))\n")
     monkeypatch.chdir(tmp_path / "models")
     ex = trained("mine.py:tiny", hidden=8)
-    engine.save_model(tmp_path / "tiny.npz", ex)
+    save_model(tmp_path / "tiny.npz", ex)
     monkeypatch.chdir(tmp_path)  # elsewhere: the recorded path is absolute
-    saved = engine.load_model(tmp_path / "tiny.npz")
+    saved = load_model(tmp_path / "tiny.npz")
     assert saved.architecture["model"] == f"{tmp_path / 'models' / 'mine.py'}:tiny"
     assert np.array_equal(saved.executor.predict(X), ex.predict(X))
     (tmp_path / "models" / "mine.py").rename(tmp_path / "moved.py")
     with pytest.raises(ValueError, match=r"load_model: .*tiny.npz describes the model .*mine.py:tiny.*no file"):
-        engine.load_model(tmp_path / "tiny.npz")
-    assert engine.load_model(tmp_path / "tiny.npz", model=str(tmp_path / "moved.py") + ":tiny").class_names
+        load_model(tmp_path / "tiny.npz")
+    assert load_model(tmp_path / "tiny.npz", model=str(tmp_path / "moved.py") + ":tiny").class_names
 
 
 def test_save_model_needs_to_know_the_architecture_and_checks_it(tmp_path):
     nn.manual_seed(0)
     ex = Executor(lenet5(), (1, 28, 28))  # built directly, not through build_model: no record
     with pytest.raises(ValueError, match="save_model: the model does not say how to rebuild it; pass architecture="):
-        engine.save_model(tmp_path / "m.npz", ex)
+        save_model(tmp_path / "m.npz", ex)
     with pytest.raises(ValueError, match="save_model: the architecture .*resnet8.* rebuilds another model"):
-        engine.save_model(tmp_path / "m.npz", ex, "resnet8")
+        save_model(tmp_path / "m.npz", ex, "resnet8")
     with pytest.raises(ValueError, match="save_model: 3 class names for a model with 10 outputs"):
-        engine.save_model(tmp_path / "m.npz", ex, "lenet", class_names=["a", "b", "c"])
+        save_model(tmp_path / "m.npz", ex, "lenet", class_names=["a", "b", "c"])
     with pytest.raises(ValueError, match=r"save_model: std must be one finite number or 1"):
-        engine.save_model(tmp_path / "m.npz", ex, "lenet", std=[1, 2])
+        save_model(tmp_path / "m.npz", ex, "lenet", std=[1, 2])
     with pytest.raises(TypeError, match="save_model: expected the Executor that trained the model, got Sequential"):
-        engine.save_model(tmp_path / "m.npz", lenet5())
+        save_model(tmp_path / "m.npz", lenet5())
     assert not (tmp_path / "m.npz").exists()
-    engine.save_model(tmp_path / "m.npz", ex, "lenet")
-    assert np.array_equal(engine.load_model(tmp_path / "m.npz").executor.predict(X), ex.predict(X))
+    save_model(tmp_path / "m.npz", ex, "lenet")
+    assert np.array_equal(load_model(tmp_path / "m.npz").executor.predict(X), ex.predict(X))
 
 
 def test_model_files_and_checkpoints_name_each_other(tmp_path):
     ex = trained()
-    engine.save_model(tmp_path / "model.npz", ex)
+    save_model(tmp_path / "model.npz", ex)
     save_checkpoint(tmp_path / "ck.npz", {"executor": ex.state_dict()})
     with pytest.raises(ValueError, match=r"load_model: .*ck.npz is a training checkpoint \(train --checkpoint, for "
                                          r"--resume\), not a model file; write one with train --save"):
-        engine.load_model(tmp_path / "ck.npz")
+        load_model(tmp_path / "ck.npz")
     with pytest.raises(ValueError, match=r"load_checkpoint: .*model.npz is an engine model file \(train --save: for "
                                          r"predict, export and --weights\), not a training checkpoint"):
         load_checkpoint(tmp_path / "model.npz")
     np.savez(tmp_path / "weights.npz", **ex.weights())
     with pytest.raises(ValueError, match=r"weights.npz is an .npz archive but not an engine model file .* give it "
                                          r"to train --weights"):
-        engine.load_model(tmp_path / "weights.npz")
+        load_model(tmp_path / "weights.npz")
 
 
 def test_damaged_model_files_are_refused_naming_the_file(tmp_path):
     ex = trained()
     good = tmp_path / "good.npz"
-    engine.save_model(good, ex)
+    save_model(good, ex)
     truncated = tmp_path / "truncated.npz"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(ValueError, match=r"load_model: .*truncated.npz is not a readable model file"):
-        engine.load_model(truncated)
+        load_model(truncated)
     with pytest.raises(FileNotFoundError, match="load_model: no model file at .*absent.npz"):
-        engine.load_model(tmp_path / "absent.npz")
+        load_model(tmp_path / "absent.npz")
     newer = tmp_path / "newer.npz"
     with zipfile.ZipFile(good) as z:
         arrays = {name[:-4]: np.load(z.open(name)) for name in z.namelist()}
@@ -126,13 +127,13 @@ def test_damaged_model_files_are_refused_naming_the_file(tmp_path):
     arrays["__engine_model__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     np.savez(newer, **arrays)
     with pytest.raises(ValueError, match=r"newer.npz has model file version 99; this engine .* reads version 1"):
-        engine.load_model(newer)
+        load_model(newer)
     arrays["__engine_model__"] = np.frombuffer(json.dumps({**meta, "version": 1}).encode(), np.uint8)
     arrays["11.weight"] = arrays["11.weight"][:5]
     np.savez(tmp_path / "other_head.npz", **arrays)
     with pytest.raises(ValueError, match=r"the weights in .*other_head.npz do not fit its architecture: .*11.weight "
                                          r"is \(5, 84\) in the source, \(10, 84\) in the model"):
-        engine.load_model(tmp_path / "other_head.npz")
+        load_model(tmp_path / "other_head.npz")
 
 
 # ------------------------------------------------------------------ the command line
@@ -161,7 +162,7 @@ def test_predict_decodes_images_as_training_read_them(digits, capsys):
     capsys.readouterr()
     assert cli(["predict", str(model), *paths, "--json", "--top", "3", "--device", "cpu"]) == 0
     results = json.loads(capsys.readouterr().out)
-    saved = engine.load_model(model)
+    saved = load_model(model)
     expected = saved.predict(x)  # the very images, as the data set holds them
     for result, row in zip(results, expected):
         assert [g["index"] for g in result["top"]] == list(np.argsort(-row)[:3])
@@ -203,7 +204,7 @@ def test_train_starts_from_weights_freezes_and_saves(digits, tmp_path, capsys):
     assert cli([*base, "--weights", str(model), "--freeze", "5", "--save", str(tmp_path / "tuned.npz")]) == 0
     out = capsys.readouterr().out
     assert f"loaded 10 arrays from {model}" in out and "frozen: 0 to 5 (6 layers, 2,572 parameters)" in out
-    tuned, start = engine.load_model(tmp_path / "tuned.npz"), engine.load_model(model)
+    tuned, start = load_model(tmp_path / "tuned.npz"), load_model(model)
     trunk, head = tuned.executor.weights(), start.executor.weights()
     assert np.array_equal(trunk["3.weight"], head["3.weight"]) and not np.array_equal(trunk["7.weight"],
                                                                                       head["7.weight"])

@@ -135,10 +135,10 @@ def test_a_layer_without_a_mapping_is_refused_by_name(tmp_path):
 
 
 def test_export_from_a_model_file_path(tmp_path):
-    import engine
+    from engine.modelfile import save_model
     nn.manual_seed(0)
     ex = trained(build_model("lenet", 10, 1), (1, 28, 28), 10, steps=1)
-    engine.save_model(tmp_path / "lenet.npz", ex)
+    save_model(tmp_path / "lenet.npz", ex)
     export_onnx(tmp_path / "lenet.npz", tmp_path / "lenet.onnx")
     loaded = onnx.load(str(tmp_path / "lenet.onnx"))
     onnx.checker.check_model(loaded, full_check=True)

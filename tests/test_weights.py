@@ -109,8 +109,8 @@ def test_other_formats_round_trip_bit_for_bit(tmp_path, kind):
         np.savez(path, **source.weights())
         path = tmp_path / "w.npz"
     else:
-        import engine
-        engine.save_model(path, source, "resnet8")
+        from engine.modelfile import save_model
+        save_model(path, source, "resnet8")
     assert set(read_weights(path)) == set(source.weights())
     ex = trained_resnet8(seed=4)
     assert ex.load_weights(path).complete
