@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 
 import numpy as np
 
@@ -230,18 +229,8 @@ def to_onnx(source, opset: int = OPSET):
 
 def export_onnx(source, path, opset: int = OPSET):
     """Write the ONNX form of a model to path (atomically: the old file or the whole new one)."""
+    from engine.files import atomic_write, check_output_file
+    path = check_output_file("export", path)  # before the model is loaded and converted
     model = to_onnx(source, opset)
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"export: the directory {directory} of {path} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: f.write(model.SerializeToString()))
     return model

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
@@ -61,8 +60,10 @@ def save_model(path, ex, architecture=None, class_names=None, mean=None, std=Non
     "crop": int}) to resizing the shorter side to the input's height."""
     from engine import __version__
     from engine.executor import Executor
+    from engine.files import atomic_write, check_output_file
     if not isinstance(ex, Executor):
         raise TypeError(f"save_model: expected the Executor that trained the model, got {type(ex).__name__}")
+    path = check_output_file("save_model", path)
     images = len(ex.input_shape) == 3  # (C, H, W); other inputs have no channels to normalise nor files
     channels = ex.input_shape[0] if images else 1
     classes = int(ex.output_shape[0]) if len(ex.output_shape) == 1 else None
@@ -79,7 +80,7 @@ def save_model(path, ex, architecture=None, class_names=None, mean=None, std=Non
     meta["weights"] = list(weights)
     _check_rebuilds(meta, weights)  # a file that cannot be loaded is refused now, not at predict time
     arrays = {**weights, ENTRY: np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)}
-    _write_atomically(os.fspath(path), arrays)
+    atomic_write(path, lambda f: np.savez(f, **arrays))  # the old file or the whole new one, never half
 
 
 def _architecture(ex, given, classes) -> dict:
@@ -125,27 +126,6 @@ def _preprocess(given, height: int) -> dict:
         raise ValueError(f"save_model: preprocess must be {{'resize': int, 'crop': int}} with crop <= resize, "
                          f"got {given!r}")
     return recipe
-
-
-def _write_atomically(path: str, arrays: dict) -> None:
-    """The archive to a temporary file beside `path`, fsynced, then renamed over it: a
-    failure leaves the old file or none, never half of one (as engine.checkpoint writes)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"save_model: the directory {directory} of {path} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 # --------------------------------------------------------------------------- reading
@@ -239,8 +219,7 @@ class SavedModel:
         from engine.data import _decode
         channels = self.input_shape[0]
         x = np.empty((len(paths), *self.input_shape), np.float32)
-        for i, p in enumerate(paths):
-            _refuse_float_image(os.fspath(p))
+        for i, p in enumerate(paths):  # _decode refuses, naming the file, what has no 8-bit meaning
             x[i] = _decode("predict", os.fspath(p), self.preprocess["resize"], self.preprocess["crop"], channels)
         mean, std = (np.asarray(v, np.float32).reshape(-1, 1, 1) for v in (self.mean, self.std))
         return (x / np.float32(255.0) - mean) / std
@@ -259,19 +238,6 @@ class SavedModel:
             results.append({"image": os.fspath(p), "top": [
                 {"class": self.class_names[i], "index": int(i), "probability": float(row[i])} for i in best]})
         return results
-
-
-def _refuse_float_image(path: str) -> None:
-    """A floating-point image (Pillow mode F) has no one range to map to 8-bit pixels."""
-    from PIL import Image
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-    except OSError:
-        return  # not an image at all: engine.data's decoder says so, naming the file
-    if mode == "F":
-        raise ValueError(f"predict: {path} is a floating-point image (mode F), whose range has no one meaning; "
-                         f"expected 1-bit, 8/16-bit greyscale, palette, RGB(A) or CMYK pixels")
 
 
 def load_model(path, device: str = "cpu", model: str | None = None) -> SavedModel:

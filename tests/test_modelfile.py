@@ -88,6 +88,8 @@ def test_save_model_needs_to_know_the_architecture_and_checks_it(tmp_path):
         save_model(tmp_path / "m.npz", ex, "lenet", std=[1, 2])
     with pytest.raises(TypeError, match="save_model: expected the Executor that trained the model, got Sequential"):
         save_model(tmp_path / "m.npz", lenet5())
+    with pytest.raises(FileNotFoundError, match="save_model: the directory .*no.* does not exist"):
+        save_model(tmp_path / "no" / "m.npz", ex, "lenet")
     assert not (tmp_path / "m.npz").exists()
     save_model(tmp_path / "m.npz", ex, "lenet")
     assert np.array_equal(load_model(tmp_path / "m.npz").executor.predict(X), ex.predict(X))
@@ -185,7 +187,8 @@ def test_predict_and_export_errors_are_one_line_each(digits, tmp_path, capsys):
         (["predict", str(model), str(tmp_path / "broken.png")], "predict: cannot decode image"),
         (["predict", str(model), str(tmp_path / "float.tiff")], "float.tiff is a floating-point image (mode F)"),
         (["predict", str(model), str(tmp_path / "none.png")], "predict: no image file"),
-        (["predict", str(model), paths[0], "--top", "0"], "predict: top must be >= 1, got 0"),
+        (["predict", str(model), paths[0], "--top", "0"], "predict: argument --top: expected an integer >= 1, got 0"),
+        (["export", str(model), str(tmp_path / "no" / "x.onnx")], "export: the directory"),
         (["export", str(tmp_path / "ck.npz"), str(tmp_path / "x.onnx")], "is a training checkpoint"),
         (["train", "lenet", "--epochs", "1", "--no-progress", "--checkpoint", str(model), "--resume"],
          "is an engine model file"),
