@@ -13,4 +13,13 @@ import os as _os
 # Set before Numba starts its thread pool; a user's own setting wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-__version__ = "0.1.0"
+from engine.version import __version__  # noqa: E402,F401  (after the environment is set)
+
+
+def __getattr__(name):
+    """engine.save_model / engine.load_model, imported on first use (PEP 562): importing
+    engine stays cheap, and a model file is one call away."""
+    if name in ("save_model", "load_model"):
+        from engine import modelfile
+        return getattr(modelfile, name)
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")

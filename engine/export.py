@@ -219,7 +219,7 @@ def to_onnx(source, opset: int = OPSET):
         [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, batch(g.inputs[0].shape))],
         [helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, batch(output.shape))],
         initializer=writer.initializers)
-    from engine import __version__
+    from engine.version import __version__
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="engine",
                               producer_version=__version__)
     model.ir_version = IR_VERSION

@@ -58,7 +58,7 @@ def save_model(path, ex, architecture=None, class_names=None, mean=None, std=Non
     it builds (model.architecture), which is the default. class_names default to "0", "1",
     ...; mean/std (per channel, of pixels in [0, 1]) to 0 and 1; preprocess ({"resize": int,
     "crop": int}) to resizing the shorter side to the input's height."""
-    from engine import __version__
+    from engine.version import __version__
     from engine.executor import Executor
     from engine.files import atomic_write, check_output_file
     if not isinstance(ex, Executor):
@@ -166,7 +166,7 @@ def read_model_file(path) -> tuple[dict, dict]:
 
 
 def _engine_version() -> str:
-    from engine import __version__
+    from engine.version import __version__
     return __version__
 
 

@@ -60,7 +60,9 @@ def place(tmp_path_factory):
     (root / "broken_nets.py").write_text("def Net(:\n")
     (root / "other.npz").write_bytes(b"")
     np.savez(root / "other.npz", weights=np.ones(3))
-    assert cli(["train", "lenet", *SYN, "--checkpoint", str(root / "run.ckpt")]) == 0
+    assert cli(["train", "lenet", *SYN, "--checkpoint", str(root / "run.ckpt"), "--save", str(root / "model.npz")]) == 0
+    Image.new("L", (28, 28), 100).save(root / "digit.png")
+    (root / "junk.png").write_text("junk")
     data = (root / "run.ckpt").read_bytes()
     (root / "truncated.ckpt").write_bytes(data[: len(data) // 2])
     return root
@@ -148,6 +150,25 @@ ROWS = [
                                    "--batch-size", "16"], USER, "batch_size was 32, now 16"),
     ("resume with another model", ["train", "lenet", *SYN, "--checkpoint", "{p}/run.ckpt", "--resume",
                                    "--batch-norm"], USER, "model_options was {}, now {'batch_norm': True}"),
+    # model files, weights and freezing (issue 13's commands)
+    ("predict a checkpoint", ["predict", "{p}/run.ckpt", "{p}/digit.png"], USER,
+     "run.ckpt is a training checkpoint (train --checkpoint, for --resume), not a model file"),
+    ("predict without model file", ["predict", "{p}/none.npz", "{p}/digit.png"], USER, "no model file at"),
+    ("predict a missing image", ["predict", "{p}/model.npz", "{p}/none.png"], USER, "predict: no image file"),
+    ("predict a broken image", ["predict", "{p}/model.npz", "{p}/junk.png"], USER, "cannot decode image"),
+    ("predict top zero", ["predict", "{p}/model.npz", "{p}/digit.png", "--top", "0"], USER, "--top"),
+    ("export to a missing dir", ["export", "{p}/model.npz", "{p}/nodir/m.onnx"], USER, "does not exist"),
+    ("export onto a directory", ["export", "{p}/model.npz", "{p}"], USER, "is a directory"),
+    ("export a checkpoint", ["export", "{p}/run.ckpt", "{p}/m.onnx"], USER, "not a model file"),
+    ("resume from a model file", ["train", "lenet", *SYN, "--checkpoint", "{p}/model.npz", "--resume"], USER,
+     "model.npz is an engine model file"),
+    ("weights missing", ["train", "lenet", *SYN, "--weights", "{p}/none.pt"], USER, "no file"),
+    ("weights not a weights file", ["train", "lenet", *SYN, "--weights", "{p}/junk.png"], USER,
+     "is not a weights file"),
+    ("weights of another model", ["train", "alexnet-small", *SYN, "--weights", "{p}/model.npz"], USER,
+     "a state dict for another model?"),
+    ("freeze an unknown layer", ["train", "lenet", *SYN, "--freeze", "nosuch"], USER, "has no layer or block 'nosuch'"),
+    ("save into a missing dir", ["train", "lenet", *SYN, "--save", "{p}/nodir/m.npz"], USER, "--save: the directory"),
     ("patience without validation", ["train", "lenet", "--patience", "2", "--val-split", "0"], USER,
      "--patience needs a validation split"),
 ]
