@@ -27,11 +27,14 @@ def test_output_paths_are_checked_for_kind_and_place(tmp_path):
         check_output_dir("--plots", tmp_path / "file")
     with pytest.raises(ValueError, match="expected a file name, got an empty string"):
         check_output_file("--save", "")
-    if os.geteuid() != 0:  # root writes anywhere: the permission case is for everyone else
-        locked = tmp_path / "locked"
-        locked.mkdir(mode=0o500)
-        with pytest.raises(PermissionError, match="not writable"):
-            check_output_file("--json", locked / "a.json")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into any directory: no unwritable one to test with")
+def test_an_unwritable_directory_is_refused(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(PermissionError, match="not writable"):
+        check_output_file("--json", locked / "a.json")
 
 
 def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
