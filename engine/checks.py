@@ -130,6 +130,22 @@ def choice(op: str, name: str, v, options) -> str:
     return v
 
 
+def layer_names(op: str, name: str, v, known) -> list:
+    """Layers named by the user (Executor.activations/gradients): None or True for all of them,
+    one name, or a list of names, each one of `known` (the model's, in forward order)."""
+    if v is None or v is True:
+        return list(known)
+    asked = [v] if isinstance(v, str) else v
+    if not isinstance(asked, (list, tuple)) or not asked or not all(isinstance(n, str) for n in asked):
+        raise TypeError(f"{op}: {name} must be a layer's name or a non-empty list of names, got {v!r}")
+    unknown = [n for n in asked if n not in known]
+    if unknown:
+        shown = ", ".join(known[:40]) + (f", ... ({len(known)} in all)" if len(known) > 40 else "")
+        raise ValueError(f"{op}: {name}: no layer named {', '.join(map(repr, unknown))}; the model's layers "
+                         f"are {shown}")
+    return list(asked)
+
+
 def int_list(op: str, name: str, v, length: int | None, minimum: int | None = None) -> tuple:
     """A tuple of ints (of a given length when length is not None), each >= minimum."""
     if isinstance(v, (str, bytes)) or not isinstance(v, (tuple, list)) or not all(_is_int(e) for e in v):

@@ -27,6 +27,7 @@ loss, when the caller reads it.
 """
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from typing import NamedTuple
 
 import numpy as np
@@ -72,15 +73,17 @@ class Buffer(NamedTuple):
 class Plan:
     """One traced graph with every buffer in place, for one input shape and mode: `bound`
     (a Bound per node, in forward order), `inputs` (the arrays the caller's batch is copied
-    into), `logits` and `loss` (views the caller reads), `arena` (every other buffer), and
+    into), `logits` and `loss` (views the caller reads), `fused` (node -> the ReLU layer folded
+    into it), `arena` (every other buffer), and
     its size next to the size without sharing, in float32 elements (`arena_elements`,
     `naive_elements`)."""
 
-    def __init__(self, ex: "Executor", batch: int, mode: str):
+    def __init__(self, ex: "Executor", batch: int, mode: str, fuse: bool | None = None):
         self.mode = mode                      # "train", "eval" (forward + loss) or "predict"
         training = mode == "train"
         self.graph = g = trace_step(ex, batch, mode)
-        fused = fuse_relu(g) if ex.fuse else set()
+        # fuse=False keeps every layer's own output (Executor.activations); None: the executor's choice
+        self.fused = fused = fuse_relu(g) if (ex.fuse if fuse is None else fuse) else {}
         needs_grad = values_needing_grad(g, backward=training)
         buffers = lifetimes(g, fused, needs_grad)
         self.arena, views = place(buffers, ex.xp, share=ex.share_memory)
@@ -112,8 +115,9 @@ def trace_step(ex: "Executor", batch: int, mode: str) -> Graph:
 def fuse_relu(g: Graph) -> set:
     """Fusion pass: a ReLU whose input is made by a layer that can run it (relu_fusion set:
     conv/linear with a bias, batch norm) and read by nobody else is folded into that layer's
-    node, which then makes the ReLU's output. Returns the fused nodes; renumbers the graph."""
-    fused = set()
+    node, which then makes the ReLU's output. Returns the fused nodes, each with the ReLU layer
+    folded into it (node -> layer); renumbers the graph."""
+    fused = {}
     for relu in [node for node in g.nodes if isinstance(node.layer, nn.ReLU)]:
         v = relu.inputs[0]
         a = v.producer
@@ -123,7 +127,7 @@ def fuse_relu(g: Graph) -> set:
         a.output, relu.output.producer = relu.output, a
         g.nodes.remove(relu)
         g.values.remove(v)
-        fused.add(a)
+        fused[a] = relu.layer
     for i, node in enumerate(g.nodes):
         node.index = i
     for i, value in enumerate(g.values):
@@ -290,6 +294,53 @@ def parameter_layout(layers) -> tuple[dict, int, int, int]:
     return offsets, total, weights_end, trainable_end
 
 
+def to_host(a) -> np.ndarray:
+    """A NumPy copy of a host or device array."""
+    return a.get() if type(a).__module__.startswith("cupy") else np.array(a)
+
+
+class LiveArrays(MutableMapping):
+    """A layer's ``params`` (or ``buffers``) once an executor runs it: each entry read is the
+    executor's live array -- a view of its flat parameter array, or its running statistics;
+    a CuPy array on the GPU -- so a layer always shows its weights as trained, never the
+    initial ones it was built with, and a model built into another executor starts from them.
+    Assigning an entry copies into the live array (same shape); entries cannot be added or
+    removed. The executor built last on a layer is the one it shows."""
+
+    def __init__(self, ex: "Executor", layer, kind: str, names):
+        self._ex, self._layer, self._kind, self._names = ex, layer, kind, tuple(names)
+
+    def __getitem__(self, name):
+        if name not in self._names:
+            raise KeyError(name)
+        if self._kind == "params":
+            return self._ex.param(self._layer, name)
+        return self._ex.buffers_of(self._layer)[name]
+
+    def __setitem__(self, name, value):
+        if name not in self._names:
+            raise KeyError(f"{self._layer.name}: {self._kind}[{name!r}]: an executor runs this layer with "
+                           f"{self._kind} {list(self._names)} only; build a new layer for others")
+        live = self[name]
+        if tuple(np.shape(value)) != tuple(live.shape):
+            raise ValueError(f"{self._layer.name}: {self._kind}[{name!r}] has shape {tuple(live.shape)}, "
+                             f"got an array of shape {tuple(np.shape(value))}")
+        self._ex._copy_in(live, value)
+
+    def __delitem__(self, name):
+        raise TypeError(f"{self._layer.name}: an executor runs this layer with {self._kind} {list(self._names)}; "
+                        f"they cannot be removed")
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self):
+        return len(self._names)
+
+    def __repr__(self):
+        return f"LiveArrays({self._kind} of {self._layer.name}: {dict((k, tuple(self[k].shape)) for k in self)})"
+
+
 class Executor:
     """Runs a model: training steps, evaluation and prediction, on the CPU or the GPU.
 
@@ -329,9 +380,10 @@ class Executor:
         for layer in self.layers:
             for name, value in layer.params.items():
                 self._copy_in(self.param(layer, name), value)
-        self._buffers = {id(layer): {k: self.xp.asarray(v).copy() for k, v in layer.buffers.items()}
+        self._buffers = {id(layer): {k: self._device_copy(v) for k, v in layer.buffers.items()}
                          for layer in self.layers}
         self._plans: dict = {}
+        self._show_in_layers()
 
     def _lay_out_parameters(self) -> None:
         """The flat parameter, gradient and optimizer-state arrays (zeros), laid out for the
@@ -357,6 +409,15 @@ class Executor:
         self._lay_out_parameters()
         self._plans.clear()
         self.load_state_dict(state)
+
+    def _show_in_layers(self) -> None:
+        """From now on the layers' params and buffers are this executor's live arrays (LiveArrays):
+        reading them never gives stale weights, and a model reused in another executor, or a
+        sub-model built from its layers, starts from the weights trained here. LiveArrays read
+        through param() and buffers_of(), so a new layout after freezing changes nothing."""
+        for layer in self.layers:
+            layer.params = LiveArrays(self, layer, "params", layer.params)
+            layer.buffers = LiveArrays(self, layer, "buffers", layer.buffers)
 
     # --- parameters ---------------------------------------------------------------
     def param(self, layer, name):
@@ -411,8 +472,13 @@ class Executor:
     def target_shape(self, logits_shape) -> tuple:
         return () if self.loss_name == "cross_entropy" else tuple(logits_shape[1:])
 
+    def _device_copy(self, a):
+        """A copy of a (NumPy or CuPy) on this executor's device."""
+        return to_host(a) if self.xp is np else self.xp.array(a)
+
     def _copy_in(self, dst, src):
-        src = np.asarray(src) if self.xp is np else src
+        if self.xp is np:  # a CuPy source (a layer trained on the GPU) is fetched, never read implicitly
+            src = src.get() if type(src).__module__.startswith("cupy") else np.asarray(src)
         if self.xp is np:
             np.copyto(dst, src, casting="same_kind")
         elif isinstance(src, np.ndarray):
@@ -420,11 +486,11 @@ class Executor:
         else:
             dst[...] = src
 
-    def plan(self, batch: int, mode: str) -> Plan:
+    def plan(self, batch: int, mode: str, fuse: bool | None = None) -> Plan:
         self._follow_freezing()
-        key = (int(batch), mode)
+        key = (int(batch), mode) if fuse is None else (int(batch), mode, bool(fuse))
         if key not in self._plans:
-            self._plans[key] = Plan(self, int(batch), mode)
+            self._plans[key] = Plan(self, int(batch), mode, fuse)
         return self._plans[key]
 
     def _feed(self, plan: Plan, x, y=None):
@@ -440,11 +506,13 @@ class Executor:
                 C.class_labels("Executor", y.get() if hasattr(y, "get") else np.asarray(y), self.output_shape[0])
             self._copy_in(plan.inputs[1], y)
 
-    def _forward(self, plan: Plan):
+    def _forward(self, plan: Plan, after=None):
         for b in plan.bound:
             # a fresh dropout mask every step and node, reproducible from (seed, step)
             b.seed = (self.seed * 0x9E3779B1 + self.step * 0x85EBCA77 + b.node.index) % 2**63
             b.layer.forward(self.bk, b)
+            if after is not None:
+                after(b)  # Executor.activations reads the output before the arena reuses its memory
 
     # --- steps ----------------------------------------------------------------------
     def train_step(self, x, y):
@@ -490,6 +558,87 @@ class Executor:
         self._feed(plan, x)
         self._forward(plan)
         return plan.logits
+
+    # --- looking inside -------------------------------------------------------------------
+    def activations(self, x, layers=None) -> dict:
+        """The output of every layer (or of those named in `layers`) for the batch x, in eval
+        mode as predict runs it: {name: host array (N, ...)} in forward order. Names are the
+        layers' paths in the model (see output_names). The graph runs unfused here, so that a
+        conv followed by a ReLU shows both outputs; the logits then agree with predict's to
+        rounding. Changes nothing: no step, no running statistics, no weights."""
+        plan = self.plan(len(x), "predict", fuse=False)
+        names = self.output_names(plan)
+        wanted = C.layer_names("Executor.activations", "layers", layers, [n for n, _ in names])
+        self._feed(plan, x)
+        name_of, out = {id(b): name for b, (name, _) in zip(plan.bound, names)}, {}
+
+        def keep(b):  # right after the node's forward: later nodes may reuse its memory
+            if name_of[id(b)] in wanted:
+                out[name_of[id(b)]] = to_host(b.y)
+
+        self._forward(plan, after=keep)
+        return out
+
+    def gradients(self, x, y, activations=False) -> dict:
+        """What a train step on (x, y) computes before its update, without the update:
+        {"loss": float, "params": {"features.0.weight": d(loss)/d(weight), ...}} and, when
+        `activations` is True or names layers, "activations": {name: d(loss)/d(that layer's
+        output)}; host arrays. It runs as train_step does -- train mode, batch norm on the
+        batch's statistics, the dropout masks of the current step, ReLUs fused -- and then puts
+        back what a step would change: the batch-norm running statistics. The step counter,
+        the weights and the optimizer state are not touched, so the next train_step(x, y)
+        computes exactly these gradients (before any L1 penalty its optimizer adds) and then
+        updates. Activation gradients exist from the first layer with parameters on, where
+        backward runs (True asks for all of those); a fused ReLU's input gets d(output) * (output > 0), as its backward."""
+        plan = self.plan(len(x), "train")
+        names = [(None, None) if b.layer is self.loss_layer else n for b, n in zip(plan.bound, self.output_names(plan))]
+        known = [n for pair in names for n in pair if n is not None]
+        wanted = C.layer_names("Executor.gradients", "activations", activations, known) if activations is not False else []
+        self._feed(plan, x, y)
+        running = {id(layer): {k: v.copy() for k, v in self.buffers_of(layer).items()} for layer in self.layers}
+        self._forward(plan)
+        bk, dy = self.bk, {}
+        for b, (name, relu) in zip(reversed(plan.bound), reversed(names)):
+            if not b.needs_backward:
+                continue
+            if b.dy is not None and (name in wanted or relu in wanted):  # complete now: every reader ran backward
+                grad = to_host(b.dy)
+                dy.update({relu: grad, name: grad * (to_host(b.y) > 0)} if relu else {name: grad})
+            b.layer.backward(bk, b)
+            for total, part in b.accumulate:
+                bk.add(total, part, out=total)
+        for layer in self.layers:
+            for k, v in self.buffers_of(layer).items():
+                v[...] = running[id(layer)][k]
+        result = {"loss": float(plan.loss), "params": {name: to_host(self.grad(layer, key)) for name, layer, key
+                                                       in self._named() if key in layer.params and layer.trainable}}
+        if wanted:
+            missing = [n for n in wanted if n not in dy]
+            if missing and activations is not True:  # True: every layer that has one
+                raise ValueError(f"Executor.gradients: no gradient reaches {missing}: backward runs back to the "
+                                 f"first layer with parameters only, and these come before it")
+            result["activations"] = {n: dy[n] for n in known if n in dy}
+        return result
+
+    def output_names(self, plan: Plan | None = None) -> list:
+        """Per node of a plan (by default an unfused eval one, for batch 1): its output's name
+        and, when a ReLU was fused into it, that ReLU's (else None). A name is the layer's path
+        in the model ("features.0", "layer1.0.conv1"), with ":2", ":3" on the second and third
+        call of a layer used more than once; a layer that is no attribute of the model (the
+        Add that `a + b` makes while tracing, or a model that is one layer) is named by its
+        kind and its number among those of its kind ("Add@1")."""
+        plan = plan or self.plan(1, "predict", fuse=False)
+        paths, anonymous, calls = self._paths, {}, {}
+
+        def name(layer):
+            if id(layer) not in paths and id(layer) not in anonymous:
+                kind = type(layer).__name__
+                anonymous[id(layer)] = f"{kind}@{1 + sum(v.startswith(kind + '@') for v in anonymous.values())}"
+            base = paths.get(id(layer)) or anonymous[id(layer)]
+            calls[base] = calls.get(base, 0) + 1
+            return base if calls[base] == 1 else f"{base}:{calls[base]}"
+
+        return [(name(b.layer), name(plan.fused[b.node]) if b.node in plan.fused else None) for b in plan.bound]
 
     # --- state ------------------------------------------------------------------------
     def _keys(self):
