@@ -5,7 +5,8 @@
     report = evaluate(ex, x_test, y_test)
 
 Each epoch: one pass over the loader (learning rate from the schedule at every batch), then
-the validation data in eval mode; the history keeps loss and accuracy per epoch for both.
+the validation data in eval mode; the history keeps loss and accuracy per epoch for both,
+and the loss of every batch (on_batch(step, loss, lr) sees each as it comes).
 A checkpoint (weights, optimizer state, loader position, history, epoch) is written
 atomically after every epoch when a path is given; ``resume=True`` continues from it and
 reproduces the losses of an uninterrupted run exactly on the CPU.
@@ -31,9 +32,11 @@ class NonFiniteLoss(FloatingPointError):
 
 
 class History(dict):
-    """Lists per epoch: loss, accuracy, val_loss, val_accuracy, lr, seconds."""
+    """Lists per epoch: loss, accuracy, val_loss, val_accuracy, lr, seconds; and per batch:
+    batch_loss, the loss of every training step in order (a diverged run's last one
+    included), for curves finer than an epoch (engine.plots.plot_batch_loss)."""
 
-    KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+    KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "batch_loss")
 
     def __init__(self, data: dict | None = None):
         super().__init__({k: list((data or {}).get(k, [])) for k in self.KEYS})
@@ -112,7 +115,7 @@ def resume_state(checkpoint, config: dict | None = None, anyway: bool = False, l
 def fit(ex, train, epochs: int, val=None, schedule=None, early_stopping: EarlyStopping | None = None,
         checkpoint: str | None = None, resume: bool = False, on_nonfinite: str = "raise",
         eval_batch_size: int = 500, progress: bool = True, log=print, config: dict | None = None,
-        resume_anyway: bool = False) -> History:
+        resume_anyway: bool = False, on_batch=None) -> History:
     """Train `ex` on the DataLoader `train` for `epochs` epochs; returns the History.
 
     val: (x, y) held-out data evaluated after each epoch. schedule: callable
@@ -120,7 +123,9 @@ def fit(ex, train, epochs: int, val=None, schedule=None, early_stopping: EarlySt
     weights that became NaN/Inf by the end of an epoch, do: "raise" (NonFiniteLoss naming the
     step), "stop" (end training, keep the history; History.nonfinite says where) or "ignore".
     config: what defines this run (JSON-able), stored in the checkpoint; resume refuses a
-    checkpoint of another config (see resume_state)."""
+    checkpoint of another config (see resume_state). on_batch: called after every training step
+    as on_batch(step, loss, lr) -- the executor's step count after it, the batch's loss (a
+    float) and the learning rate it was taken with -- before a NaN/Inf loss is acted on."""
     epochs = C.integer("fit", "epochs", epochs, minimum=1)
     if on_nonfinite not in ("raise", "stop", "ignore"):
         raise ValueError(f"fit: on_nonfinite must be 'raise', 'stop' or 'ignore', got {on_nonfinite!r}")
@@ -135,6 +140,8 @@ def fit(ex, train, epochs: int, val=None, schedule=None, early_stopping: EarlySt
     if val is not None and not (isinstance(val, (tuple, list)) and len(val) == 2):
         raise TypeError(f"fit: val must be an (x, y) pair of arrays, got {type(val).__name__}"
                         + (" (pass the loader's arrays: val=(x_val, y_val))" if hasattr(val, "get_state") else ""))
+    if on_batch is not None and not callable(on_batch):
+        raise TypeError(f"fit: on_batch must be a function on_batch(step, loss, lr), got {type(on_batch).__name__}")
     if config is not None:
         config = json.loads(json.dumps(config))  # JSON-able, in the form the checkpoint keeps it
     schedule = schedule or Constant()
@@ -158,6 +165,9 @@ def fit(ex, train, epochs: int, val=None, schedule=None, early_stopping: EarlySt
         for i, (xb, yb) in enumerate(bar):
             ex.lr = schedule(base_lr, epoch + i / len(train))
             loss = float(ex.train_step(xb, yb))  # the one host read of the step
+            history["batch_loss"].append(loss)
+            if on_batch is not None:
+                on_batch(ex.step, loss, ex.lr)
             if not math.isfinite(loss):
                 where = f"epoch {epoch + 1}, batch {i + 1} (step {ex.step})"
                 if on_nonfinite == "raise":
