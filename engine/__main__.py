@@ -1,4 +1,4 @@
-"""Command line: python -m engine {train, cv, lr-find, summary, predict, export, validate, bench} ...
+"""Command line: python -m engine {train, cv, lr-find, summary, predict, export, compare, inspect, validate, bench} ...
 
     python -m engine train lenet                 # bundled MNIST subset, best working device
     python -m engine train lenet --optimizer sgd --weight-decay 5e-4 --l1 1e-5 --augment
@@ -12,6 +12,8 @@
     python -m engine predict lenet.npz digit.png --top 3
     python -m engine export lenet.npz lenet.onnx
     python -m engine summary resnet18
+    python -m engine compare sgd.json adam.json --out curves.png   # runs of train --json on one figure
+    python -m engine inspect lenet digit.png --checkpoint run.ckpt --out inside/  # filters, feature maps
     python -m engine validate                    # every kernel against the float64 spec
     python -m engine bench --quick               # benchmarks -> benchmarks/results/
 
@@ -241,7 +243,6 @@ def _save_model(args, ex, ds) -> None:
 
 def cmd_train(args) -> int:
     from engine.data import DataLoader
-    from engine.plots import plot_confusion_matrix, plot_history
     from engine.schedules import make_schedule
     from engine.training import EarlyStopping, NonFiniteLoss, evaluate, fit, resume_state
 
@@ -281,9 +282,7 @@ def cmd_train(args) -> int:
           f"in {seconds:.1f}s" + (f"; validation accuracy {history['val_accuracy'][-1]:.4f}"
                                   if val and history['val_accuracy'] else ""))
     if args.plots:
-        plot_history(history, os.path.join(_plots_dir(args), "learning_curves.png"))
-        plot_confusion_matrix(test["confusion_matrix"], ds.class_names, os.path.join(args.plots, "confusion_matrix.png"))
-        print(f"plots written to {args.plots}/")
+        _training_plots(args, ex, ds, history, test, len(loader))
     if args.json:
         train_seconds = sum(history["seconds"]) or seconds
         summary = {"model": args.model, "model_options": _model_options(args), "data": args.data,
@@ -296,7 +295,8 @@ def cmd_train(args) -> int:
                    "images_per_second": history.epochs * len(x_train) / train_seconds,
                    "optimizer": args.optimizer, "optimizer_settings": repr(ex.optimizer), "lr": ex.optimizer.lr,
                    "schedule": args.schedule, "batch_size": args.batch_size, "seed": args.seed,
-                   "stopped_nonfinite": history.nonfinite, "history": dict(history)}
+                   "stopped_nonfinite": history.nonfinite, "history": dict(history),
+                   "batches_per_epoch": len(loader), "config": config}  # config: what compare labels runs by
         nonfinite = write_json(args.json, summary)
         print(f"summary written to {args.json}" + (f" (NaN/Inf written as null at {len(nonfinite)} places, "
                                                    f"listed under 'nonfinite')" if nonfinite else ""))
@@ -308,6 +308,34 @@ def cmd_train(args) -> int:
         raise NonFiniteLoss(f"train: stopped at {history.nonfinite} on a NaN/Inf loss or weights "
                             f"(--on-nonfinite stop); lower --lr")
     return 0
+
+
+def _training_plots(args, ex, ds, history, test, batches_per_epoch: int) -> None:
+    """The pictures of a training run in --plots: learning curves per epoch and per batch, the
+    test split's confusion matrix, per-class precision and recall and a grid of its images with
+    their predictions, and the first conv layer's filters."""
+    from engine import nn
+    from engine.plots import (choose_samples, plot_batch_loss, plot_confusion_matrix, plot_filters, plot_history,
+                              plot_per_class, plot_predictions)
+    from engine.training import predict
+    out = _plots_dir(args)
+    plot_history(history, os.path.join(out, "learning_curves.png"))
+    if history["batch_loss"]:
+        plot_batch_loss(history["batch_loss"], os.path.join(out, "batch_loss.png"),
+                        batches_per_epoch=batches_per_epoch)
+    plot_confusion_matrix(test["confusion_matrix"], ds.class_names, os.path.join(out, "confusion_matrix.png"))
+    plot_per_class(test["confusion_matrix"], ds.class_names, os.path.join(out, "per_class.png"),
+                   title="per-class precision and recall on the test split")
+    x, y = ds.test
+    if x.ndim == 4 and x.shape[1] in (1, 3):
+        predicted = predict(ex, x).argmax(axis=1)
+        show = choose_samples(y, predicted, seed=args.seed)
+        plot_predictions(x[show], y[show], predicted[show], ds.class_names, os.path.join(out, "predictions.png"),
+                         mean=ds.mean, std=ds.std, title=f"{len(show)} of {len(y)} test images")
+    convs = [layer for layer in ex.layers if isinstance(layer, nn.Conv2d)]
+    if convs:
+        plot_filters(convs[0].params["weight"], os.path.join(out, "filters.png"), title="first conv layer")
+    print(f"plots written to {out}/")
 
 
 def cmd_cv(args) -> int:
@@ -399,6 +427,125 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from engine.plots import plot_runs
+    from engine.runs import differences, load_run, run_labels
+
+    _check_outputs(args)
+    runs = [load_run(path) for path in args.runs]
+    labels = run_labels(runs, [os.path.basename(path) for path in args.runs])
+    differ = differences(runs)
+    plot_runs([r["history"] for r in runs], labels, args.out, batches_per_epoch=[r.get("batches_per_epoch") for r in runs],
+              title=f"{len(runs)} runs" + (f", differing in {', '.join(differ)}" if differ else ", of one configuration"))
+    width = max(len(label) for label in labels)
+    print(f"{'run':<{width}}  epochs  val loss  val acc  test acc")
+    for label, run in zip(labels, runs):
+        h = run["history"]
+        cells = [h["val_loss"][-1] if h.get("val_loss") else None, h["val_accuracy"][-1] if h.get("val_accuracy") else None,
+                 run.get("held_out_accuracy")]
+        print(f"{label:<{width}}  {len(h['loss']):>6}  " + "  ".join(
+            f"{'-' if v is None else format(v, '.4f'):>{n}}" for v, n in zip(cells, (8, 7, 8))))
+    print(f"plot written to {args.out}")
+    return 0
+
+
+def _inspected_model(args):
+    """The trained model inspect looks into, with what reading an image for it takes: an object
+    with .executor, .class_names, .mean, .std (per channel, of pixels in [0, 1]) and
+    .preprocess ({"resize", "crop"}), as engine.load_model's SavedModel has them. A model file
+    (train --save) is read by engine.load_model (issue 13) where this engine has it; a training
+    checkpoint (--checkpoint) with the model's name is read here, its data set loaded again
+    for the class names and the normalisation, as training had them."""
+    if args.checkpoint is None:
+        if not os.path.isfile(args.model):
+            raise FileNotFoundError(f"inspect: no model file {args.model}; give a model file (train --save), or "
+                                    f"the model's name and its training checkpoint: --checkpoint CKPT")
+        try:
+            from engine.modelfile import load_model
+        except ImportError:
+            raise ValueError(f"inspect: {args.model}: this engine cannot read model files yet; give the model's "
+                             f"name and its training checkpoint (train --checkpoint CKPT) instead") from None
+        return load_model(args.model, device=args.device)
+    return _from_checkpoint(args)
+
+
+def _from_checkpoint(args):
+    import re
+    from types import SimpleNamespace
+    from engine.checkpoint import load_checkpoint
+    from engine.executor import Executor
+    from engine.models import build_model
+    state = load_checkpoint(args.checkpoint)
+    config = state.get("config") if "executor" in state else None
+    if not isinstance(config, dict):
+        raise ValueError(f"inspect: {args.checkpoint} is not a checkpoint of train --checkpoint (it does not say "
+                         f"which model and data it was trained with)")
+    if config["model"] != args.model:
+        raise ValueError(f"inspect: {args.checkpoint} is a checkpoint of {config['model']}, not of {args.model}")
+    synthetic = re.fullmatch(r"synthetic \((\d+) images\)", config["data"])
+    run = SimpleNamespace(model=config["model"], data="synthetic" if synthetic else config["data"],
+                          synthetic_size=int(synthetic.group(1)) if synthetic else 2048,
+                          image_size=config["image_size"], seed=config["seed"])
+    ds = _load_data(run)
+    shape = ds.train.x.shape[1:]
+    model = build_model(config["model"], ds.num_classes, shape[0], **config["model_options"])
+    ex = Executor(model, shape, device=args.device)
+    ex.load_state_dict(state["executor"])
+    h = shape[1]
+    resize = max(h + 1, int(h * 256 / 224)) if run.data.startswith("folder:") else h  # as _load_data read them
+    return SimpleNamespace(executor=ex, class_names=list(ds.class_names), mean=ds.mean, std=ds.std,
+                           preprocess={"resize": resize, "crop": h})
+
+
+def cmd_inspect(args) -> int:
+    import numpy as np
+    from engine import checks, nn
+    from engine.data import _decode
+    from engine.plots import _pixels, plot_feature_maps, plot_filters, plot_prediction
+
+    check_output_dir("--out", args.out)
+    if not os.path.isfile(args.image):
+        raise FileNotFoundError(f"inspect: no image file {args.image}")
+    loaded = _inspected_model(args)
+    ex = loaded.executor
+    if len(ex.input_shape) != 3:
+        raise ValueError(f"inspect: the model takes inputs of shape {ex.input_shape}, not images")
+    plan = ex.plan(1, "predict", fuse=False)  # the plan activations() runs: every layer's own output
+    names = ex.output_names(plan)
+    layer_of = {name: b.layer for b, (name, _) in zip(plan.bound, names)}
+    convs = [name for name, _ in names if isinstance(layer_of[name], nn.Conv2d)]
+    shown = checks.layer_names("inspect", "--layers", args.layers.split(",") if args.layers else convs,
+                               [name for name, _ in names])
+    c = ex.input_shape[0]
+    pixels = _decode("inspect", args.image, loaded.preprocess["resize"], loaded.preprocess["crop"], c)
+    mean, std = (np.asarray(v, np.float32).reshape(c, 1, 1) for v in (loaded.mean, loaded.std))
+    x = ((pixels / np.float32(255.0) - mean) / std)[None].astype(np.float32)
+    outputs = ex.activations(x, shown + [names[-1][0]])  # and the logits, for the prediction
+    logits = outputs[names[-1][0]][0].astype(np.float64)
+    probabilities = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    image = _pixels("inspect", x, loaded.mean, loaded.std)[0]
+
+    os.makedirs(args.out, exist_ok=True)
+    written = [plot_prediction(image, probabilities, loaded.class_names, os.path.join(args.out, "prediction.png"))]
+    for name in convs:
+        layer = layer_of[name]
+        written.append(plot_filters(layer.params["weight"], os.path.join(args.out, f"filters_{_file_safe(name)}.png"),
+                                    title=f"{name} ({type(layer).__name__}) filters"))
+    for name in shown:
+        written.append(plot_feature_maps(outputs[name][0], os.path.join(args.out, f"maps_{_file_safe(name)}.png"),
+                                         title=f"{name} ({type(layer_of[name]).__name__}) output",
+                                         image=image if outputs[name].ndim == 4 else None))
+    best = np.argsort(-probabilities, kind="stable")[:args.top]
+    print(f"{args.image}: predicted {loaded.class_names[best[0]]} (probability {probabilities[best[0]]:.4f}); "
+          + ", ".join(f"{loaded.class_names[i]} {probabilities[i]:.4f}" for i in best[1:]))
+    print(f"{len(written)} pictures written to {args.out}/: " + ", ".join(os.path.basename(w) for w in written))
+    return 0
+
+
+def _file_safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
+
+
 def build_parser() -> cli.ArgumentParser:
     p = cli.ArgumentParser(prog="python -m engine", description=__doc__.splitlines()[0],
                            epilog="--debug (anywhere): show the traceback of an error. Exit codes: 0 done, "
@@ -463,6 +610,22 @@ def build_parser() -> cli.ArgumentParser:
     e.add_argument("out", help="the .onnx file to write")
     e.add_argument("--opset", type=integer(17), default=17, help="ONNX opset (default 17, the lowest written)")
     e.set_defaults(func=cmd_export)
+
+    co = sub.add_parser("compare", help="the learning curves of several runs (train --json) on one figure")
+    co.add_argument("runs", nargs="+", help="run summaries written by train --json")
+    co.add_argument("--out", default="compare.png", help="the figure (default compare.png)")
+    co.set_defaults(func=cmd_compare)
+
+    i = sub.add_parser("inspect", help="a trained model's filters, the feature maps of an image, its prediction")
+    i.add_argument("model", help="a model file (train --save), or a model's name with --checkpoint")
+    i.add_argument("image", help="an image file, read as the training images were")
+    i.add_argument("--checkpoint", default=None, help="the training checkpoint (train --checkpoint) of the model named")
+    i.add_argument("--out", default="inspect", help="directory for the pictures (default inspect/)")
+    i.add_argument("--layers", default=None,
+                   help="comma-separated layers whose output to draw (default: every conv layer), e.g. features.0,features.1")
+    i.add_argument("--top", type=integer(1), default=5, help="classes printed, most probable first (default 5)")
+    i.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    i.set_defaults(func=cmd_inspect)
 
     v = sub.add_parser("validate", help="check every kernel against the float64 reference", add_help=False)
     v.set_defaults(func=None)
