@@ -60,7 +60,9 @@ def place(tmp_path_factory):
     (root / "broken_nets.py").write_text("def Net(:\n")
     (root / "other.npz").write_bytes(b"")
     np.savez(root / "other.npz", weights=np.ones(3))
-    assert cli(["train", "lenet", *SYN, "--checkpoint", str(root / "run.ckpt"), "--save", str(root / "model.npz")]) == 0
+    (root / "notrun.json").write_text('{"folds": [], "summary": {}}')
+    assert cli(["train", "lenet", *SYN, "--checkpoint", str(root / "run.ckpt"), "--save", str(root / "model.npz"),
+                "--json", str(root / "run.json")]) == 0
     Image.new("L", (28, 28), 100).save(root / "digit.png")
     (root / "junk.png").write_text("junk")
     data = (root / "run.ckpt").read_bytes()
@@ -171,6 +173,37 @@ ROWS = [
     ("save into a missing dir", ["train", "lenet", *SYN, "--save", "{p}/nodir/m.npz"], USER, "--save: the directory"),
     ("patience without validation", ["train", "lenet", "--patience", "2", "--val-split", "0"], USER,
      "--patience needs a validation split"),
+    # compare: run summaries of train --json
+    ("compare without runs", ["compare"], USER, "the following arguments are required: runs"),
+    ("compare run missing", ["compare", "{p}/run.json", "{p}/missing.json"], USER, "compare: no run file {p}/missing.json"),
+    ("compare not json", ["compare", "{p}/nets.py"], USER, "compare: {p}/nets.py is not JSON"),
+    ("compare not a run", ["compare", "{p}/run.json", "{p}/notrun.json"], USER,
+     "compare: {p}/notrun.json is not a run summary of train --json"),
+    ("compare out dir missing", ["compare", "{p}/run.json", "--out", "{p}/nodir/c.png"], USER,
+     "--out: the directory {p}/nodir does not exist"),
+    ("compare out is a directory", ["compare", "{p}/run.json", "--out", "{p}"], USER, "--out: {p} is a directory"),
+    # inspect: a trained model and an image
+    ("inspect image missing", ["inspect", "lenet", "{p}/missing.png", "--checkpoint", "{p}/run.ckpt", "--out",
+                               "{p}/inside"], USER, "inspect: no image file {p}/missing.png"),
+    ("inspect image not decodable", ["inspect", "lenet", "{p}/broken/train/a/0.png", "--checkpoint", "{p}/run.ckpt",
+                                     "--out", "{p}/inside"], USER, "inspect: cannot decode image {p}/broken/train/a/0.png"),
+    ("inspect unknown layer", ["inspect", "lenet", "{p}/digit.png", "--checkpoint", "{p}/run.ckpt", "--out",
+                               "{p}/inside", "--layers", "3,conv9"], USER,
+     "inspect: --layers: no layer named 'conv9'; the model's layers are 0, 1, 2, 3"),
+    ("inspect out parent missing", ["inspect", "lenet", "{p}/digit.png", "--checkpoint", "{p}/run.ckpt", "--out",
+                                    "{p}/nodir/inside"], USER, "--out: the directory {p}/nodir does not exist"),
+    ("inspect out is a file", ["inspect", "lenet", "{p}/digit.png", "--checkpoint", "{p}/run.ckpt", "--out",
+                               "{p}/a_file"], USER, "--out: {p}/a_file is a file"),
+    ("inspect checkpoint of another model", ["inspect", "alexnet", "{p}/digit.png", "--checkpoint", "{p}/run.ckpt",
+                                             "--out", "{p}/inside"], USER,
+     "inspect: {p}/run.ckpt is a checkpoint of lenet, not of alexnet"),
+    ("inspect foreign checkpoint", ["inspect", "lenet", "{p}/digit.png", "--checkpoint", "{p}/other.npz", "--out",
+                                    "{p}/inside"], USER, "is an .npz archive but not a checkpoint"),
+    ("inspect checkpoint missing", ["inspect", "lenet", "{p}/digit.png", "--checkpoint", "{p}/none.ckpt", "--out",
+                                    "{p}/inside"], USER, "no checkpoint file at {p}/none.ckpt"),
+    ("inspect no model file", ["inspect", "lenet", "{p}/digit.png", "--out", "{p}/inside"], USER,
+     "inspect: no model file lenet; give a model file (train --save), or the model's name"),
+    ("inspect top zero", ["inspect", "lenet", "{p}/digit.png", "--top", "0"], USER, "--top: expected an integer >= 1"),
 ]
 
 
