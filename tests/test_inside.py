@@ -107,6 +107,31 @@ def test_layers_show_the_trained_weights_and_a_second_executor_starts_from_them(
         del conv1.params["weight"]
 
 
+class DeviceArray:
+    """Stands in for a CuPy array (a layer last trained on the GPU): NumPy refuses to read it
+    implicitly, as it refuses a CuPy array; .get() is the one way to the host."""
+    __module__ = "cupy"
+
+    def __init__(self, a):
+        self.a, self.shape, self.ndim, self.size, self.dtype = a, a.shape, a.ndim, a.size, a.dtype
+
+    def get(self):
+        return self.a.copy()
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed")
+
+
+def test_layers_shown_from_a_gpu_executor_are_fetched_into_a_cpu_one():
+    lin, norm = nn.Linear(3, 2), nn.BatchNorm1d(2)
+    w, mean = np.arange(6, dtype=np.float32).reshape(2, 3), np.array([0.5, -1.0], np.float32)
+    lin.params = {"weight": DeviceArray(w), "bias": DeviceArray(np.ones(2, np.float32))}
+    norm.buffers = {"running_mean": DeviceArray(mean), "running_var": DeviceArray(np.ones(2, np.float32))}
+    ex = Executor(nn.Sequential(lin, norm), (3,))
+    assert np.array_equal(ex.param(lin, "weight"), w) and np.array_equal(ex.buffers_of(norm)["running_mean"], mean)
+    assert np.array_equal(lin.params["weight"], w) and isinstance(lin.params["weight"], np.ndarray)
+
+
 # --------------------------------------------------------------------------- activations
 
 def test_activations_match_a_hand_run_forward_in_eval_mode():
