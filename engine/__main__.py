@@ -435,16 +435,16 @@ def cmd_compare(args) -> int:
     runs = [load_run(path) for path in args.runs]
     labels = run_labels(runs, [os.path.basename(path) for path in args.runs])
     differ = differences(runs)
-    plot_runs([r["history"] for r in runs], labels, args.out, batches_per_epoch=[r.get("batches_per_epoch") for r in runs],
-              title=f"{len(runs)} runs" + (f", differing in {', '.join(differ)}" if differ else ", of one configuration"))
+    title = f"{len(runs)} runs" + (f", differing in {', '.join(differ)}" if differ else ", of one configuration")
+    plot_runs([r["history"] for r in runs], labels, args.out, title=title,
+              batches_per_epoch=[r.get("batches_per_epoch") for r in runs])
     width = max(len(label) for label in labels)
     print(f"{'run':<{width}}  epochs  val loss  val acc  test acc")
     for label, run in zip(labels, runs):
         h = run["history"]
-        cells = [h["val_loss"][-1] if h.get("val_loss") else None, h["val_accuracy"][-1] if h.get("val_accuracy") else None,
-                 run.get("held_out_accuracy")]
-        print(f"{label:<{width}}  {len(h['loss']):>6}  " + "  ".join(
-            f"{'-' if v is None else format(v, '.4f'):>{n}}" for v, n in zip(cells, (8, 7, 8))))
+        last = [(h.get("val_loss") or [None])[-1], (h.get("val_accuracy") or [None])[-1], run.get("held_out_accuracy")]
+        cells = [f"{'-' if v is None else format(v, '.4f'):>{n}}" for v, n in zip(last, (8, 7, 8))]
+        print(f"{label:<{width}}  {len(h['loss']):>6}  " + "  ".join(cells))
     print(f"plot written to {args.out}")
     return 0
 
@@ -621,8 +621,8 @@ def build_parser() -> cli.ArgumentParser:
     i.add_argument("image", help="an image file, read as the training images were")
     i.add_argument("--checkpoint", default=None, help="the training checkpoint (train --checkpoint) of the model named")
     i.add_argument("--out", default="inspect", help="directory for the pictures (default inspect/)")
-    i.add_argument("--layers", default=None,
-                   help="comma-separated layers whose output to draw (default: every conv layer), e.g. features.0,features.1")
+    i.add_argument("--layers", default=None, help="comma-separated layers whose output to draw (default: every "
+                                                  "conv layer), e.g. features.0,features.1")
     i.add_argument("--top", type=integer(1), default=5, help="classes printed, most probable first (default 5)")
     i.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     i.set_defaults(func=cmd_inspect)

@@ -474,13 +474,12 @@ class Executor:
 
     def _device_copy(self, a):
         """A copy of a (NumPy or CuPy) on this executor's device."""
-        return to_host(a) if self.xp is np else self.xp.array(a)
+        return to_host(a) if self.xp is np else self.xp.asarray(a).copy()
 
     def _copy_in(self, dst, src):
-        if self.xp is np:  # a CuPy source (a layer trained on the GPU) is fetched, never read implicitly
-            src = src.get() if type(src).__module__.startswith("cupy") else np.asarray(src)
-        if self.xp is np:
-            np.copyto(dst, src, casting="same_kind")
+        if self.xp is np:  # a CuPy source (a layer last trained on the GPU) is fetched: NumPy never reads one
+            np.copyto(dst, src.get() if type(src).__module__.startswith("cupy") else np.asarray(src),
+                      casting="same_kind")
         elif isinstance(src, np.ndarray):
             dst.set(np.ascontiguousarray(src, dtype=dst.dtype))
         else:
@@ -589,11 +588,13 @@ class Executor:
         the weights and the optimizer state are not touched, so the next train_step(x, y)
         computes exactly these gradients (before any L1 penalty its optimizer adds) and then
         updates. Activation gradients exist from the first layer with parameters on, where
-        backward runs (True asks for all of those); a fused ReLU's input gets d(output) * (output > 0), as its backward."""
+        backward runs (True asks for all of those); a fused ReLU's input gets d(output) *
+        (output > 0), as its backward computes it."""
         plan = self.plan(len(x), "train")
-        names = [(None, None) if b.layer is self.loss_layer else n for b, n in zip(plan.bound, self.output_names(plan))]
+        names = [(None, None) if b.layer is self.loss_layer else pair
+                 for b, pair in zip(plan.bound, self.output_names(plan))]
         known = [n for pair in names for n in pair if n is not None]
-        wanted = C.layer_names("Executor.gradients", "activations", activations, known) if activations is not False else []
+        wanted = [] if activations is False else C.layer_names("Executor.gradients", "activations", activations, known)
         self._feed(plan, x, y)
         running = {id(layer): {k: v.copy() for k, v in self.buffers_of(layer).items()} for layer in self.layers}
         self._forward(plan)

@@ -220,6 +220,48 @@ def test_frozen_layers_weights_and_softmax_layers_run_on_emulated_cuda_like_on_n
         assert np.array_equal(v, start[k]), f"{k} moved on the emulated GPU"
 
 
+def test_seeing_inside_on_emulated_cuda_like_on_numba(backends):
+    """activations(), gradients() and the layers' live weights on (stand-in) device arrays: the
+    values Numba gives, as host arrays, nothing on the device moved by gradients(); and the
+    model trained on the device, put in a CPU executor, starts from its weights (fetched)."""
+    from engine import nn
+    from engine.executor import Executor
+    from engine.optim import SGD
+    from engine.tolerances import assert_close, tol
+
+    def model():
+        nn.manual_seed(7)
+        return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.BatchNorm2d(3),
+                             nn.ReLU(), nn.Flatten(), nn.Dropout(0.25), nn.Linear(3 * 4 * 4, 5))
+
+    rng = np.random.default_rng(9)
+    x, y = rng.standard_normal((4, 1, 8, 8)).astype(np.float32), rng.integers(0, 5, 4)
+    ex, seen = {}, {}
+    for name, kwargs in (("numba", dict(device="cpu")), ("emulated", dict(device="cuda", backend=backends["rtc"]))):
+        ex[name] = Executor(model(), (1, 8, 8), optimizer=SGD(0.1, momentum=0.9), seed=3, **kwargs)
+        ex[name].train_step(x, y)
+        before = ex[name].state_dict()
+        seen[name] = (ex[name].activations(x), ex[name].gradients(x, y, activations=True))
+        after = ex[name].state_dict()
+        assert after["step"] == 1 and all(np.array_equal(after[part][k], before[part][k])
+                                          for part in ("params", "buffers") for k in before[part])
+    (acts, grads), (ref_acts, ref_grads) = seen["emulated"], seen["numba"]
+    for k in ref_acts:
+        assert type(acts[k]) is np.ndarray
+        assert_close(acts[k], ref_acts[k], **tol("training"), what=f"activation {k}")
+    for part in ("params", "activations"):
+        for k in ref_grads[part]:
+            assert type(grads[part][k]) is np.ndarray
+            assert_close(grads[part][k], ref_grads[part][k], **tol("training"), what=f"gradient {k}")
+    device = ex["emulated"]
+    conv, norm = device.model.layers[0], device.model.layers[3]
+    assert type(conv.params["weight"]).__module__.startswith("cupy")  # the device's live array
+    host = Executor(device.model, (1, 8, 8))
+    assert np.array_equal(host.params_flat, device.params_flat.get())
+    assert np.array_equal(host.buffers_of(norm)["running_var"], device.buffers_of(norm)["running_var"].get())
+    assert_close(host.predict(x), device.predict(x).get(), **tol("training"))
+
+
 @pytest.mark.parametrize("trans_a, trans_b, bias_axis, offset", [
     (False, False, 1, 0), (False, True, 1, 0), (True, False, 0, 0), (True, True, 0, 0),
     (False, False, -1, 1),  # B one float off 16-byte alignment: the scalar load path
