@@ -530,7 +530,7 @@ def cmd_inspect(args) -> int:
     for name in convs:
         layer = layer_of[name]
         written.append(plot_filters(layer.params["weight"], os.path.join(args.out, f"filters_{_file_safe(name)}.png"),
-                                    title=f"{name} ({type(layer).__name__}) filters"))
+                                    title=f"{name} ({type(layer).__name__})"))
     for name in shown:
         written.append(plot_feature_maps(outputs[name][0], os.path.join(args.out, f"maps_{_file_safe(name)}.png"),
                                          title=f"{name} ({type(layer_of[name]).__name__}) output",

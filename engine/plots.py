@@ -350,7 +350,7 @@ def _grid(n: int) -> tuple[int, int]:
     return -(-n // cols), cols
 
 
-def plot_filters(weights, path, title: str = "filters", max_filters: int = 64, max_channels: int = 16) -> str:
+def plot_filters(weights, path, title: str = "conv layer", max_filters: int = 64, max_channels: int = 16) -> str:
     """A conv layer's filters, weights (K, C, R, S), as images. One tile per filter when C is
     1 (grey, one scale for all: black most negative, white most positive) or 3 (colour: each
     channel 0.5 + w / (2 max|w|), so a zero weight is grey); otherwise a filter per row and an
@@ -360,10 +360,13 @@ def plot_filters(weights, path, title: str = "filters", max_filters: int = 64, m
     k, c, r, s = w.shape
     bound = float(np.abs(w).max()) or 1.0
     shown_k = min(k, max_filters if c in (1, 3) else min(max_filters, 16))
-    heading = f"{title}: {k} filters of {c}x{r}x{s}"
+    shown_c = c if c in (1, 3) else min(c, max_channels)
+    heading = (f"{title}: {k} filters of {c}x{r}x{s}" + (f", first {shown_c} channels" if shown_c < c else "")
+               + (f", first {shown_k} filters shown" if shown_k < k else ""))
     if c in (1, 3):
         rows, cols = _grid(shown_k)
-        fig = Figure(figsize=(1.1 * cols + 1.2, 1.1 * rows + 0.7), layout="constrained")
+        fig = Figure(figsize=(max(1.1 * cols + 1.2, 0.12 * len(heading) + 1.0), 1.1 * rows + 0.7),
+                     layout="constrained")  # wide enough for the title
         axes = fig.subplots(rows, cols, squeeze=False)
         for i, ax in enumerate(axes.flat):
             ax.set_xticks([])
@@ -376,13 +379,12 @@ def plot_filters(weights, path, title: str = "filters", max_filters: int = 64, m
             else:
                 image = ax.imshow(w[i, 0], cmap="gray", vmin=-bound, vmax=bound)
             ax.set_title(str(i), fontsize=7)
-        fig.supxlabel("filter (numbered row by row)")
+        fig.supxlabel("filter (numbered row by row)" + ("; RGB, a zero weight is grey" if c == 3 else ""))
         if c == 1:
             fig.colorbar(image, ax=axes, label="weight", shrink=0.7)
-        heading += " (colour: RGB, zero is grey)" if c == 3 else ""
     else:
-        shown_c = min(c, max_channels)
-        fig = Figure(figsize=(0.8 * shown_c + 1.8, 0.8 * shown_k + 0.9), layout="constrained")
+        fig = Figure(figsize=(max(0.8 * shown_c + 1.8, 0.12 * len(heading) + 1.0), 0.8 * shown_k + 0.9),
+                     layout="constrained")
         axes = fig.subplots(shown_k, shown_c, squeeze=False)
         for i in range(shown_k):
             for j in range(shown_c):
@@ -397,10 +399,6 @@ def plot_filters(weights, path, title: str = "filters", max_filters: int = 64, m
         fig.supxlabel("input channel")
         fig.supylabel("filter")
         fig.colorbar(image, ax=axes, label="weight", shrink=0.7)
-        if shown_c < c:
-            heading += f", first {shown_c} channels"
-    if shown_k < k:
-        heading += f", first {shown_k} filters shown"
     fig.suptitle(heading)
     return _save(fig, path)
 
