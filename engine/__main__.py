@@ -13,7 +13,8 @@
     python -m engine export lenet.npz lenet.onnx
     python -m engine summary resnet18
     python -m engine compare sgd.json adam.json --out curves.png   # runs of train --json on one figure
-    python -m engine inspect lenet digit.png --checkpoint run.ckpt --out inside/  # filters, feature maps
+    python -m engine inspect lenet.npz digit.png --out inside/   # filters, feature maps, prediction
+    python -m engine inspect lenet digit.png --checkpoint run.ckpt  # the same from a training checkpoint
     python -m engine validate                    # every kernel against the float64 spec
     python -m engine bench --quick               # benchmarks -> benchmarks/results/
 
@@ -450,26 +451,24 @@ def cmd_compare(args) -> int:
 
 
 def _inspected_model(args):
-    """The trained model inspect looks into, with what reading an image for it takes: an object
+    """The trained model inspect looks into, and what reading an image for it takes: an object
     with .executor, .class_names, .mean, .std (per channel, of pixels in [0, 1]) and
     .preprocess ({"resize", "crop"}), as engine.load_model's SavedModel has them. A model file
-    (train --save) is read by engine.load_model (issue 13) where this engine has it; a training
-    checkpoint (--checkpoint) with the model's name is read here, its data set loaded again
-    for the class names and the normalisation, as training had them."""
-    if args.checkpoint is None:
-        if not os.path.isfile(args.model):
-            raise FileNotFoundError(f"inspect: no model file {args.model}; give a model file (train --save), or "
-                                    f"the model's name and its training checkpoint: --checkpoint CKPT")
-        try:
-            from engine.modelfile import load_model
-        except ImportError:
-            raise ValueError(f"inspect: {args.model}: this engine cannot read model files yet; give the model's "
-                             f"name and its training checkpoint (train --checkpoint CKPT) instead") from None
-        return load_model(args.model, device=args.device)
-    return _from_checkpoint(args)
+    (train --save) is read by engine.load_model; a training checkpoint (--checkpoint) with the
+    model's name by _from_checkpoint."""
+    if args.checkpoint is not None:
+        return _from_checkpoint(args)
+    if not os.path.isfile(args.model):
+        raise FileNotFoundError(f"inspect: no model file {args.model}; give a model file (train --save), or "
+                                f"the model's name and its training checkpoint: --checkpoint CKPT")
+    from engine.modelfile import load_model
+    return load_model(args.model, device=args.device)
 
 
 def _from_checkpoint(args):
+    """A training checkpoint of the model named: the run config it keeps says which options and
+    data it was trained with; the data set is loaded again for the class names and the
+    normalisation training used, and images are read as _load_data read them."""
     import re
     from types import SimpleNamespace
     from engine.checkpoint import load_checkpoint
@@ -491,10 +490,8 @@ def _from_checkpoint(args):
     model = build_model(config["model"], ds.num_classes, shape[0], **config["model_options"])
     ex = Executor(model, shape, device=args.device)
     ex.load_state_dict(state["executor"])
-    h = shape[1]
-    resize = max(h + 1, int(h * 256 / 224)) if run.data.startswith("folder:") else h  # as _load_data read them
     return SimpleNamespace(executor=ex, class_names=list(ds.class_names), mean=ds.mean, std=ds.std,
-                           preprocess={"resize": resize, "crop": h})
+                           preprocess=_preprocess(run, ds))
 
 
 def cmd_inspect(args) -> int:
@@ -508,7 +505,7 @@ def cmd_inspect(args) -> int:
         raise FileNotFoundError(f"inspect: no image file {args.image}")
     loaded = _inspected_model(args)
     ex = loaded.executor
-    if len(ex.input_shape) != 3:
+    if len(ex.input_shape) != 3 or loaded.preprocess is None:
         raise ValueError(f"inspect: the model takes inputs of shape {ex.input_shape}, not images")
     plan = ex.plan(1, "predict", fuse=False)  # the plan activations() runs: every layer's own output
     names = ex.output_names(plan)

@@ -587,8 +587,9 @@ class Executor:
         back what a step would change: the batch-norm running statistics. The step counter,
         the weights and the optimizer state are not touched, so the next train_step(x, y)
         computes exactly these gradients (before any L1 penalty its optimizer adds) and then
-        updates. Activation gradients exist from the first layer with parameters on, where
-        backward runs (True asks for all of those); a fused ReLU's input gets d(output) *
+        updates. Frozen layers have no parameter gradients (a step computes none). Activation
+        gradients exist from the first trainable layer on, where backward runs (True asks
+        for all of those); a fused ReLU's input gets d(output) *
         (output > 0), as its backward computes it."""
         plan = self.plan(len(x), "train")
         names = [(None, None) if b.layer is self.loss_layer else pair
@@ -617,7 +618,7 @@ class Executor:
             missing = [n for n in wanted if n not in dy]
             if missing and activations is not True:  # True: every layer that has one
                 raise ValueError(f"Executor.gradients: no gradient reaches {missing}: backward runs back to the "
-                                 f"first layer with parameters only, and these come before it")
+                                 f"first trainable layer only, and these come before it")
             result["activations"] = {n: dy[n] for n in known if n in dy}
         return result
 

@@ -206,6 +206,11 @@ ROWS = [
     ("inspect no model file", ["inspect", "lenet", "{p}/digit.png", "--out", "{p}/inside"], USER,
      "inspect: no model file lenet; give a model file (train --save), or the model's name"),
     ("inspect top zero", ["inspect", "lenet", "{p}/digit.png", "--top", "0"], USER, "--top: expected an integer >= 1"),
+    ("inspect a checkpoint as a model file", ["inspect", "{p}/run.ckpt", "{p}/digit.png", "--out", "{p}/inside"], USER,
+     "run.ckpt is a training checkpoint (train --checkpoint, for --resume), not a model file"),
+    ("inspect a model file with a checkpoint", ["inspect", "{p}/model.npz", "{p}/digit.png", "--checkpoint",
+                                                "{p}/run.ckpt", "--out", "{p}/inside"], USER,
+     "is a checkpoint of lenet, not of {p}/model.npz"),
 ]
 
 

@@ -60,10 +60,11 @@ def test_load_run_refuses_what_is_not_a_run(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Two short runs of lenet on synthetic data that differ in their learning rate, with the
-    summary, the plots and the checkpoint of the first."""
+    summary, the plots, the checkpoint and the model file of the first."""
     root = tmp_path_factory.mktemp("runs")
     for name, lr in (("a", "0.01"), ("b", "0.05")):
-        extra = ["--checkpoint", str(root / "a.ckpt"), "--plots", str(root / "plots")] if name == "a" else []
+        extra = (["--checkpoint", str(root / "a.ckpt"), "--plots", str(root / "plots"), "--save", str(root / "a.npz")]
+                 if name == "a" else [])
         assert cli(["train", "lenet", *SYN, "--optimizer", "sgd", "--lr", lr, "--json", str(root / f"{name}.json"),
                     *extra]) == 0
     return root
@@ -113,3 +114,16 @@ def test_inspect_draws_filters_and_maps_and_predicts_as_the_executor_does(traine
     assert cli(["inspect", "lenet", str(tmp_path / "digit.png"), "--checkpoint", str(trained / "a.ckpt"),
                 "--out", str(out), "--layers", "1,9"]) == 0  # a ReLU's maps, a linear layer's units
     assert {"maps_1.png", "maps_9.png"} <= set(os.listdir(out))
+
+
+def test_inspect_reads_a_model_file_as_it_reads_the_checkpoint(trained, capsys, tmp_path):
+    from PIL import Image
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (28, 28)).astype(np.uint8)).save(tmp_path / "d.png")
+    printed = {}
+    ways = (("file", [str(trained / "a.npz")]), ("checkpoint", ["lenet", "--checkpoint", str(trained / "a.ckpt")]))
+    for how, args in ways:
+        out = tmp_path / how
+        assert cli(["inspect", args[0], str(tmp_path / "d.png"), *args[1:], "--out", str(out), "--layers", "4"]) == 0
+        printed[how] = capsys.readouterr().out.splitlines()[0]
+        assert sorted(os.listdir(out)) == ["filters_0.png", "filters_3.png", "maps_4.png", "prediction.png"]
+    assert printed["file"] == printed["checkpoint"]  # the same weights, image reading and classes

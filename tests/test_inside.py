@@ -28,6 +28,11 @@ def host(ex, layer, name):
     return np.array(ex.param(layer, name), dtype=np.float64)
 
 
+def param_names(ex):
+    """(name, layer, key) of every parameter, named as torch names them."""
+    return [(name, layer, key) for name, layer, key in ex._named() if key in layer.params]
+
+
 # --------------------------------------------------------------------------- hand-run passes
 
 def conv(x, w, b, pad):
@@ -231,7 +236,7 @@ def test_gradients_are_a_train_steps_before_its_update_and_update_nothing():
     loss = float(ex.train_step(x, y))
     assert loss == got["loss"]  # bitwise
     assert list(got["params"]) == ["conv.weight", "conv.bias", "norm.weight", "norm.bias", "fc.weight", "fc.bias"]
-    for name, layer, key in ex._named_params():
+    for name, layer, key in param_names(ex):
         assert np.array_equal(ex.grad(layer, key), got["params"][name]), name
     assert list(got["activations"]) == ["conv", "relu", "norm", "pool", "flat", "drop", "fc"]
     # through dropout with the step's mask (its seed is kept on the bound node); d(loss)/d(logits)
@@ -244,6 +249,27 @@ def test_gradients_are_a_train_steps_before_its_update_and_update_nothing():
     assert_close(got["activations"]["fc"].sum(axis=1), np.zeros(6), atol=1e-7, rtol=0)
     assert ex.step == 4 and not np.array_equal(ex.state_dict()["params"]["0.Conv2d.weight"],
                                                before["params"]["0.Conv2d.weight"])
+
+
+def test_gradients_leave_frozen_layers_out_and_layers_follow_a_new_layout():
+    """A frozen layer has no gradient (train_step computes none), so gradients() lists only the
+    trainable parameters; freezing lays the flat arrays out anew, and the layers' params still
+    show the executor's live weights afterwards."""
+    ex = trained_small(1)
+    x, y = batch(np.random.default_rng(10), 6, (1, 8, 8), 5)
+    ex.model.conv.trainable = False
+    got = ex.gradients(x, y, activations=True)  # the first plan after freezing: a new layout
+    assert list(got["params"]) == ["norm.weight", "norm.bias", "fc.weight", "fc.bias"]
+    assert list(got["activations"]) == ["norm", "pool", "flat", "drop", "fc"]  # backward stops after the conv
+    conv_weight = np.array(ex.model.conv.params["weight"])
+    assert float(ex.train_step(x, y)) == got["loss"]
+    for name, layer, key in param_names(ex):
+        if layer.trainable:
+            assert np.array_equal(ex.grad(layer, key), got["params"][name]), name
+    assert np.array_equal(ex.model.conv.params["weight"], conv_weight)  # frozen: not moved by the step
+    for layer in (ex.model.conv, ex.model.fc):
+        assert np.shares_memory(layer.params["weight"], ex.params_flat)  # the new flat array, not the old one
+    assert not np.array_equal(ex.model.fc.params["weight"], got["params"]["fc.weight"])
 
 
 def _same(a, b):
