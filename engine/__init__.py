@@ -13,6 +13,12 @@ import os as _os
 # Set before Numba starts its thread pool; a user's own setting wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+# Under mpiexec, several ranks share a machine's cores: each gets its share of threads
+# (ENGINE_THREADS; engine.distributed), set before NumPy's BLAS and Numba start theirs.
+from engine.distributed import pin_threads as _pin_threads  # noqa: E402  (imports nothing heavy)
+
+_pin_threads()
+
 from engine.version import __version__  # noqa: E402,F401  (after the environment is set)
 
 

@@ -17,6 +17,7 @@
     python -m engine inspect lenet digit.png --checkpoint run.ckpt  # the same from a training checkpoint
     python -m engine validate                    # every kernel against the float64 spec
     python -m engine bench --quick               # benchmarks -> benchmarks/results/
+    mpiexec -n 2 python -m engine train lenet    # data parallel on 2 processes (engine.distributed)
 
 Training holds out a validation split of the training data (--val-split, stratified):
 the curves, early stopping and its weight restore use it; the test split is evaluated
@@ -28,7 +29,7 @@ import os
 import sys
 import time
 
-from engine import cli
+from engine import cli, distributed
 from engine.cli import integer, integers, real
 from engine.files import check_output_dir, check_output_file, write_json
 
@@ -150,9 +151,10 @@ def _run_config(args, optimizer) -> dict:
             "optimizer": {"kind": args.optimizer, **settings}, "lr": optimizer.lr}
 
 
-def _executor(args, ds, seed: int):
-    """A fresh model (initialised from seed) and its executor for the data set; a model that
-    does not fit the data's images is refused naming both."""
+def _executor(args, ds, seed: int, comm=None):
+    """A fresh model (initialised from seed) and its executor for the data set (a rank of a
+    data-parallel run with comm, engine.distributed); a model that does not fit the data's
+    images is refused naming both."""
     from engine import nn
     from engine.executor import Executor
     from engine.models import build_model, find_model
@@ -160,7 +162,7 @@ def _executor(args, ds, seed: int):
     shape = ds.train.x.shape[1:]
     model = build_model(args.model, ds.num_classes, shape[0], **_model_options(args))
     try:
-        return Executor(model, shape, optimizer=_optimizer(args), device=args.device, seed=seed)
+        return Executor(model, shape, optimizer=_optimizer(args), device=args.device, seed=seed, comm=comm)
     except ValueError as e:
         _, own = find_model(args.model)
         made_for = f" (it is made for {own[0]}x{own[1]}x{own[2]})" if own else ""
@@ -247,29 +249,38 @@ def cmd_train(args) -> int:
     from engine.schedules import make_schedule
     from engine.training import EarlyStopping, NonFiniteLoss, evaluate, fit, resume_state
 
+    comm = distributed.world()  # under mpiexec: this rank of a data-parallel run; else None
     # everything that can be checked without the data, before it loads
-    _check_outputs(args)
+    if comm is None or comm.rank == 0:
+        _check_outputs(args)  # rank 0 writes every output
     args.resume = args.resume or args.resume_anyway
     if args.resume and not args.checkpoint:
         raise ValueError("--resume needs --checkpoint PATH: the checkpoint to continue from")
     if args.patience and args.val_split == 0:
         raise ValueError("--patience needs a validation split (--val-split > 0)")
+    distributed.check_batch("--batch-size", args.batch_size, comm)
     config = _run_config(args, _optimizer(args))
     if args.resume:
+        distributed.check_resume("--resume", args.checkpoint, 1 if comm is None else comm.size)
         resume_state(args.checkpoint, config, args.resume_anyway, log=lambda line: None)
 
     weights = _read_weights(args)
     ds = _load_data(args)
     (x_train, y_train), val = _split_validation(args, ds)
     x_test, y_test = ds.test
-    ex = _executor(args, ds, args.seed)
-    _weights_and_freezing(args, ex, weights)
+    ex = _executor(args, ds, args.seed, comm)
+    _weights_and_freezing(args, ex, weights)  # every rank reads the same file: the same weights
     augment = _augment(args, ds)
     print(f"{args.model}: {ex.num_params():,} parameters on {ex.device} (backend {ex.bk.name}); "
           f"{len(x_train)} training, {0 if val is None else len(val[0])} validation and {len(x_test)} test images, "
           f"{ds.num_classes} classes; {ex.optimizer}, schedule {args.schedule}, batch {args.batch_size}, "
           f"{args.epochs} epochs{', ' + repr(augment) if augment else ''}")
-    loader = DataLoader(x_train, y_train, args.batch_size, shuffle=True, seed=args.seed, augment=augment)
+    if comm is not None:
+        how = {None: "MPI", "nccl": "NCCL", "host": "MPI through host memory"}[comm.gpu_reduce]
+        print(f"data parallel: {comm.size} processes, {args.batch_size // comm.size} images each per step, "
+              f"gradients averaged by {how}")
+    loader = DataLoader(x_train, y_train, args.batch_size, shuffle=True, seed=args.seed, augment=augment,
+                        shard=None if comm is None else (comm.rank, comm.size))
     early = EarlyStopping(patience=args.patience) if args.patience else None
     t0 = time.perf_counter()
     history = fit(ex, loader, args.epochs, val=val, schedule=make_schedule(args.schedule, args.epochs),
@@ -277,6 +288,8 @@ def cmd_train(args) -> int:
                   on_nonfinite=args.on_nonfinite, progress=not args.no_progress, config=config,
                   resume_anyway=args.resume_anyway)
     seconds = time.perf_counter() - t0
+    if comm is not None and comm.rank != 0:
+        return 0  # the test evaluation, plots, the JSON and the model file are rank 0's
     test = evaluate(ex, x_test, y_test)  # once, at the end
     print(f"test accuracy {test['accuracy']:.4f} (loss {test['loss']:.4f}, macro precision {test['precision']:.4f}, "
           f"macro recall {test['recall']:.4f}, macro F1 {test['f1']:.4f}) after {history.epochs} epochs "
@@ -296,6 +309,7 @@ def cmd_train(args) -> int:
                    "images_per_second": history.epochs * len(x_train) / train_seconds,
                    "optimizer": args.optimizer, "optimizer_settings": repr(ex.optimizer), "lr": ex.optimizer.lr,
                    "schedule": args.schedule, "batch_size": args.batch_size, "seed": args.seed,
+                   "world_size": 1 if comm is None else comm.size,
                    "stopped_nonfinite": history.nonfinite, "history": dict(history),
                    "batches_per_epoch": len(loader), "config": config}  # config: what compare labels runs by
         nonfinite = write_json(args.json, summary)
@@ -639,9 +653,12 @@ def _dispatch(argv: list) -> int:
         from engine.bench import main as bench_main
         return bench_main(argv[1:])
     try:
-        args = build_parser().parse_args(argv)
+        with distributed.rank0_prints():  # under mpiexec, argparse's one line (or --help) once
+            args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a mistake argparse found (2, one line already printed)
         return int(e.code or 0)
+    if distributed.launched():  # under mpiexec: only rank 0 prints; a failing rank ends every rank
+        return distributed.run_command(args.func, args)
     return args.func(args)
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from engine.files import atomic_write
 
-__all__ = ["save_checkpoint", "load_checkpoint"]
+__all__ = ["save_checkpoint", "load_checkpoint", "read_metadata"]
 
 FORMAT, VERSION = "engine-checkpoint", 1
 _META = "__checkpoint__"
@@ -105,6 +105,22 @@ def save_checkpoint(path, state: dict) -> None:
 def load_checkpoint(path) -> dict:
     """The state dict saved at `path`: arrays come back as NumPy arrays, tuples as tuples."""
     path = os.fspath(path)
+    arrays, names = _read(path)
+    document = _document(path, arrays.pop(_META, None), names)
+    return _decode(document["state"], arrays, path)
+
+
+def read_metadata(path) -> dict:
+    """The state saved at `path` without its arrays (each left as ``{"__array__": name}``):
+    its plain entries (the epoch, the world size of the run that wrote it) for the cost of
+    reading one small entry of the archive."""
+    path = os.fspath(path)
+    arrays, names = _read(path, only=_META)
+    return _document(path, arrays.get(_META), names)["state"]
+
+
+def _read(path: str, only: str | None = None) -> tuple[dict, list]:
+    """The archive's arrays by name (only the one named `only`, when given), and every name."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"load_checkpoint: no checkpoint file at {path}")
     try:
@@ -112,17 +128,21 @@ def load_checkpoint(path) -> dict:
         if not isinstance(archive, np.lib.npyio.NpzFile):
             raise ValueError("it holds a single .npy array, not an .npz archive")
         with archive:
-            arrays = {name: archive[name] for name in archive.files}
+            names = sorted(archive.files)
+            return {name: archive[name] for name in names if only is None or name == only}, names
     except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
         raise ValueError(f"load_checkpoint: {path} is not a readable checkpoint (corrupt or "
                          f"truncated?): {e}") from e
-    meta = arrays.pop(_META, None)
-    if meta is None and "__engine_model__" in arrays:  # engine.modelfile's entry
+
+
+def _document(path: str, meta, names: list) -> dict:
+    """The checkpoint's JSON document from its metadata entry (None when it has none)."""
+    if meta is None and "__engine_model__" in names:  # engine.modelfile's entry
         raise ValueError(f"load_checkpoint: {path} is an engine model file (train --save: for predict, export "
                          f"and --weights), not a training checkpoint (train --checkpoint, for --resume)")
     if meta is None:
         raise ValueError(f"load_checkpoint: {path} is an .npz archive but not a checkpoint "
-                         f"(no {_META!r} entry; it holds {sorted(arrays)[:5]})")
+                         f"(no {_META!r} entry; it holds {names[:5]})")
     try:
         document = json.loads(meta.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -132,4 +152,4 @@ def load_checkpoint(path) -> dict:
     if document.get("version") != VERSION:
         raise ValueError(f"load_checkpoint: {path} has format version {document.get('version')!r}; "
                          f"this engine reads version {VERSION}")
-    return _decode(document["state"], arrays, path)
+    return document

@@ -76,7 +76,7 @@ def integers(minimum: int = 1, length: int | None = None):
 
 def run(command, argv: list) -> int:
     """command(argv) -> exit code, with the engine's error policy (see the module docstring)."""
-    debug = "--debug" in argv or os.environ.get("ENGINE_DEBUG", "") not in ("", "0")
+    debug = debugging(argv)
     argv = [a for a in argv if a != "--debug"]
     formatwarning = warnings.formatwarning
     if not debug:  # a warning is one line too, not "file:line: Category: message" and the source
@@ -85,26 +85,37 @@ def run(command, argv: list) -> int:
         import numpy as np
         with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is caught by fit, by name
             return command(argv)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except FloatingPointError as e:  # training diverged (engine.training.NonFiniteLoss)
-        if debug:
+    except (Exception, KeyboardInterrupt) as e:
+        code, line = describe(e)
+        if with_traceback(code, debug):
             traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_NONFINITE
-    except USER_ERRORS as e:
-        if debug:
-            traceback.print_exc()
+        print(line, file=sys.stderr)
+        return code
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def describe(e: BaseException) -> tuple[int, str]:
+    """The exit code and the one line the policy gives an error (engine.distributed reports
+    a rank's errors with it too)."""
+    if isinstance(e, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "error: interrupted"
+    if isinstance(e, FloatingPointError):  # training diverged (engine.training.NonFiniteLoss)
+        return EXIT_NONFINITE, f"error: {e}"
+    if isinstance(e, USER_ERRORS):
         message = str(e) or type(e).__name__
         if isinstance(e, OSError) and e.filename and str(e.filename) not in message:
             message = f"{message}: {e.filename}"
-        print(f"error: {message}", file=sys.stderr)
-        return EXIT_USER
-    except Exception:
-        traceback.print_exc()
-        print("internal error: this is a bug in the engine, not in what you asked; please report it "
-              "with the traceback above", file=sys.stderr)
-        return EXIT_INTERNAL
-    finally:
-        warnings.formatwarning = formatwarning
+        return EXIT_USER, f"error: {message}"
+    return EXIT_INTERNAL, ("internal error: this is a bug in the engine, not in what you asked; please report it "
+                           "with the traceback above")
+
+
+def with_traceback(code: int, debug: bool) -> bool:
+    """Whether an error's traceback is printed: always for a bug of ours, with --debug for
+    the rest (an interruption's never)."""
+    return code == EXIT_INTERNAL or (debug and code != EXIT_INTERRUPTED)
+
+
+def debugging(argv: list) -> bool:
+    return "--debug" in argv or os.environ.get("ENGINE_DEBUG", "") not in ("", "0")

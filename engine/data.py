@@ -438,7 +438,8 @@ class Augment:
     padded by `shift` with `fill` (per channel: the normalised value of a black pixel) -- and,
     with flip, a horizontal mirror of half the images (off for digits: a mirrored 2 is no 2).
     The draws come from Generator((seed, epoch, batch)), so a batch is changed the same way
-    whenever it is drawn, after a resume too."""
+    whenever it is drawn, after a resume too -- and a slice of it (a data-parallel rank's,
+    at `offset` of a batch of `total` images) the way the whole batch would be."""
 
     def __init__(self, shift: int = 2, flip: bool = False, fill=0.0, seed: int = 0):
         self.shift = _check_int("Augment", "shift", shift, 0)
@@ -446,9 +447,10 @@ class Augment:
         self.fill = np.asarray(fill, dtype=np.float32).reshape(-1)
         self.seed = _check_int("Augment", "seed", seed, 0)
 
-    def __call__(self, x: np.ndarray, epoch: int, batch: int) -> np.ndarray:
+    def __call__(self, x: np.ndarray, epoch: int, batch: int, offset: int = 0, total: int | None = None) -> np.ndarray:
         rng = np.random.default_rng((self.seed, epoch, batch))
         b, c, h, w = x.shape
+        total = b if total is None else total  # draws for the whole batch, of which x is rows offset..offset+b
         out = np.empty_like(x)
         s = self.shift
         if s:
@@ -456,13 +458,13 @@ class Augment:
             padded[...] = np.broadcast_to(self.fill.reshape(1, -1, 1, 1) if self.fill.size > 1 else self.fill[0],
                                           (1, c, 1, 1))
             padded[:, :, s:s + h, s:s + w] = x
-            dy, dx = rng.integers(0, 2 * s + 1, size=(2, b))
+            dy, dx = rng.integers(0, 2 * s + 1, size=(2, total))[:, offset:offset + b]
             for i in range(b):
                 out[i] = padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
         else:
             out[...] = x
         if self.flip:
-            mirror = rng.random(b) < 0.5
+            mirror = rng.random(total)[offset:offset + b] < 0.5
             out[mirror] = out[mirror, :, :, ::-1]
         return out
 
@@ -488,10 +490,17 @@ class DataLoader:
     Batches are read-only: with shuffle=False they are views into x and y (no copy).
     ``augment`` (an :class:`Augment`) changes each batch's images, the same way whenever
     the same batch of the same epoch is drawn.
+
+    ``shard=(rank, size)``: one process of a data-parallel run (engine.distributed). Every
+    rank's loader shuffles the same way (same seed); batch_size is the global batch, which
+    must divide by size, and each rank yields only its slice of each batch: rows
+    [rank * B / size, (rank + 1) * B / size) of a batch of B rows (a short last batch is split
+    as evenly as its rows allow; a rank's slice can then be empty). ``share`` is the last
+    slice's rows over its batch's, by which the rank's mean gradient is weighted.
     """
 
     def __init__(self, x, y, batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False,
-                 augment: Augment | None = None):
+                 augment: Augment | None = None, shard: tuple[int, int] | None = None):
         fn = "DataLoader"
         if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
             raise TypeError(f"{fn}: x and y must be NumPy arrays, got {type(x).__name__} and {type(y).__name__}")
@@ -513,6 +522,16 @@ class DataLoader:
             raise TypeError(f"{fn}: augment must be an Augment over 4-D images (N, C, H, W), got "
                             f"{type(augment).__name__} for x of shape {self.x.shape}")
         self.augment = augment
+        self.shard, self.share = None, None
+        if shard is not None:
+            size = _check_int(fn, "shard size", shard[1], 1)
+            rank = _check_int(fn, "shard rank", shard[0], 0)
+            if rank >= size:
+                raise ValueError(f"{fn}: shard rank must be below the shard size {size}, got {rank}")
+            if self.batch_size % size:
+                raise ValueError(f"{fn}: batch_size is the global batch, split evenly across {size} processes, so "
+                                 f"it must be divisible by {size}; got {self.batch_size}")
+            self.shard = (rank, size)
         self._rng = np.random.Generator(np.random.PCG64(self.seed))
         self._epoch = 0          # epochs finished
         self._next = 0           # next batch within the current epoch (0: epoch not started)
@@ -536,14 +555,19 @@ class DataLoader:
         if self._next == 0:
             self._start_epoch()
         for b in range(self._next, len(self)):
-            lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, self.x.shape[0])
+            start, stop = b * self.batch_size, min((b + 1) * self.batch_size, self.x.shape[0])
+            lo, hi = start, stop
+            if self.shard is not None:  # this rank's slice of the global batch
+                rank, size = self.shard
+                lo, hi = start + rank * (stop - start) // size, start + (rank + 1) * (stop - start) // size
+                self.share = (hi - lo) / (stop - start)
             if self._order is None:
                 xb, yb = self.x[lo:hi], self.y[lo:hi]  # contiguous views
             else:
                 idx = self._order[lo:hi]
                 xb, yb = self.x[idx], self.y[idx]  # fancy indexing: fresh contiguous copies
             if self.augment is not None:
-                xb = self.augment(xb, self._epoch, b)
+                xb = self.augment(xb, self._epoch, b, offset=lo - start, total=stop - start)
             xb.flags.writeable = False
             yb.flags.writeable = False
             # advance before yielding: a checkpoint taken while the caller holds batch b

@@ -350,10 +350,14 @@ class Executor:
     """
 
     def __init__(self, model, input_shape, loss="cross_entropy", optimizer=None, device="cpu",
-                 backend=None, seed: int = 0, share_memory: bool = True, fuse: bool = True):
+                 backend=None, seed: int = 0, share_memory: bool = True, fuse: bool = True, comm=None):
         C.choice("Executor", "loss", loss, nn.LOSSES)
         self.model, self.input_shape = model, tuple(int(d) for d in input_shape)
         self.device = resolve_device(device)
+        # data parallel across processes (engine.distributed.Communicator): None in one process
+        self.comm = comm
+        if comm is not None:
+            comm.use_device(self.device)  # this rank's own GPU, before anything is allocated
         if backend is None or isinstance(backend, str):
             self.bk = get_backend(backend or ("cuda" if self.device == "cuda" else CPU_BACKEND))
         else:
@@ -384,6 +388,8 @@ class Executor:
                          for layer in self.layers}
         self._plans: dict = {}
         self._show_in_layers()
+        if comm is not None:
+            comm.attach(self)  # every rank starts from rank 0's parameters and state
 
     def _lay_out_parameters(self) -> None:
         """The flat parameter, gradient and optimizer-state arrays (zeros), laid out for the
@@ -506,23 +512,44 @@ class Executor:
             self._copy_in(plan.inputs[1], y)
 
     def _forward(self, plan: Plan, after=None):
+        # a fresh dropout mask every step and node, reproducible from (seed, step), and
+        # another on every rank of a data-parallel run
+        rank = 0 if self.comm is None else self.comm.rank
         for b in plan.bound:
-            # a fresh dropout mask every step and node, reproducible from (seed, step)
-            b.seed = (self.seed * 0x9E3779B1 + self.step * 0x85EBCA77 + b.node.index) % 2**63
+            b.seed = (self.seed * 0x9E3779B1 + self.step * 0x85EBCA77 + b.node.index + rank * 0xC2B2AE3D) % 2**63
             b.layer.forward(self.bk, b)
             if after is not None:
                 after(b)  # Executor.activations reads the output before the arena reuses its memory
 
     # --- steps ----------------------------------------------------------------------
-    def train_step(self, x, y):
+    def train_step(self, x, y, share: float | None = None):
         """One forward, backward and optimizer update on a batch; returns the loss as a
-        0-d array on the device (reading it is the only host transfer of the step)."""
+        0-d array on the device (reading it is the only host transfer of the step).
+
+        Data parallel (self.comm): x is this rank's slice of a global batch, and share its
+        rows' share of that batch (None: an equal share, 1 / world size); between backward
+        and the update one all-reduce turns the slice's gradient into the global batch's."""
+        loss = self.compute_gradients(x, y)
+        if self.comm is not None:  # the trainable head of the flat gradient: frozen layers have none
+            self.comm.average_gradients(self.grads_flat[:self.trainable_end],
+                                        1.0 / self.comm.size if share is None else share)
+        self.apply_gradients()
+        return loss
+
+    def compute_gradients(self, x, y):
+        """Forward and backward on a batch: the gradient of its mean loss in grads_flat (an
+        empty batch -- a rank's share of a short last batch can be none -- gives zeros).
+        Returns the loss as a 0-d device array."""
         if self.optimizer is None:
             raise ValueError("Executor.train_step: no optimizer was given")
-        plan = self.plan(len(x), "train")
+        self._follow_freezing()  # before an empty batch too: every rank lays its parameters out alike
         if self.trainable_end == 0:
             raise ValueError("Executor.train_step: nothing to train: every layer with parameters is frozen "
                              "(unfreeze one: layer.trainable = True, or engine.nn.unfreeze(model))")
+        if len(x) == 0:
+            self.grads_flat.fill(0)
+            return self.xp.zeros((), np.float32)
+        plan = self.plan(len(x), "train")
         self._feed(plan, x, y)
         self._forward(plan)
         bk = self.bk
@@ -531,9 +558,12 @@ class Executor:
                 b.layer.backward(bk, b)
                 for total, part in b.accumulate:
                     bk.add(total, part, out=total)
-        self.step += 1
-        self.optimizer.step(bk, *self._trainable_part(), self.step, self.lr, self.weights_end)
         return plan.loss
+
+    def apply_gradients(self):
+        """The optimizer's update of the trainable parameters from grads_flat; the step count advances."""
+        self.step += 1
+        self.optimizer.step(self.bk, *self._trainable_part(), self.step, self.lr, self.weights_end)
 
     def _trainable_part(self) -> tuple:
         """(parameters, gradients, optimizer state) of the trainable layers: the whole flat

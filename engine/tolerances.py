@@ -26,6 +26,10 @@ TOLERANCES = {
     "optim":      {"float32": dict(rtol=1e-5, atol=1e-6)},
     "gradcheck":  {"float64": dict(rtol=1e-5, atol=1e-7)},
     "training":   {"float32": dict(rtol=1e-4, atol=1e-6)},
+    # N ranks against one process on the same global batch: only the order of the sums over
+    # the batch differs; atol covers Adam's steps on near-zero gradients, where that order
+    # decides more of a tiny value's digits (LeNet, 4 AdamW steps: 6e-7 at most)
+    "data_parallel": {"float32": dict(rtol=1e-5, atol=1e-6)},
 }
 
 

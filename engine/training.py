@@ -10,6 +10,13 @@ and the loss of every batch (on_batch(step, loss, lr) sees each as it comes).
 A checkpoint (weights, optimizer state, loader position, history, epoch) is written
 atomically after every epoch when a path is given; ``resume=True`` continues from it and
 reproduces the losses of an uninterrupted run exactly on the CPU.
+
+Data parallel (an executor with a communicator, engine.distributed, and a loader with the
+matching shard): every rank runs the same loop on its slice of each batch; the loss and
+accuracy are summed over the ranks, so every rank sees the global batch's and takes the same
+decisions (NaN stop, early stopping). Only rank 0 logs, shows the progress bar, evaluates
+the validation data (its result is sent to every rank) and writes checkpoints; a resume
+reads the checkpoint on rank 0 and gives its state to every rank.
 """
 from __future__ import annotations
 
@@ -146,13 +153,16 @@ def fit(ex, train, epochs: int, val=None, schedule=None, early_stopping: EarlySt
         config = json.loads(json.dumps(config))  # JSON-able, in the form the checkpoint keeps it
     schedule = schedule or Constant()
     base_lr = ex.optimizer.lr
+    comm = getattr(ex, "comm", None)  # data parallel (engine.distributed): None in one process
+    root = comm is None or comm.rank == 0
+    if not root:
+        progress, log = False, lambda line: None
     history, start = History(), 0
-    state = resume_state(checkpoint, config, resume_anyway, log) if resume and checkpoint else None
-    if state is not None:
-        ex.load_state_dict(state["executor"])
-        train.set_state(state["loader"])
-        history, start = History(state["history"]), int(state["epoch"])
-        log(f"resumed from {checkpoint} at epoch {start}")
+    if resume and checkpoint:
+        resumed = _resume(ex, train, checkpoint, comm, config, resume_anyway, log)
+        if resumed is not None:
+            history, start = History(resumed["history"]), int(resumed["epoch"])
+            log(f"resumed from {checkpoint} at epoch {start}")
 
     from tqdm.auto import tqdm
     xp = ex.xp
@@ -164,7 +174,11 @@ def fit(ex, train, epochs: int, val=None, schedule=None, early_stopping: EarlySt
         stop = False
         for i, (xb, yb) in enumerate(bar):
             ex.lr = schedule(base_lr, epoch + i / len(train))
-            loss = float(ex.train_step(xb, yb))  # the one host read of the step
+            loss = float(ex.train_step(xb, yb, getattr(train, "share", None)))  # the one host read of the step
+            rows = len(xb)
+            if comm is not None:  # the global batch's mean loss, the same on every rank
+                loss_sum, rows = comm.sum([loss * len(xb), len(xb)])
+                loss, rows = loss_sum / rows, int(rows)
             history["batch_loss"].append(loss)
             if on_batch is not None:
                 on_batch(ex.step, loss, ex.lr)
@@ -177,10 +191,11 @@ def fit(ex, train, epochs: int, val=None, schedule=None, early_stopping: EarlySt
                     warnings.warn(f"fit: loss became {loss} at {where}; stopping")
                     history.nonfinite, stop = where, True
                     break
-            plan = ex.plan(len(xb), "train")
-            correct += (plan.logits.argmax(axis=1) == plan.inputs[1]).sum()
-            total_loss += loss * len(xb)
-            seen += len(xb)
+            if len(xb):
+                plan = ex.plan(len(xb), "train")
+                correct += (plan.logits.argmax(axis=1) == plan.inputs[1]).sum()
+            total_loss += loss * rows
+            seen += rows
             bar.set_postfix(loss=f"{loss:.4f}")
         bar.close()
         if not stop and on_nonfinite != "ignore" and not bool(xp.isfinite(ex.params_flat).all()):
@@ -192,11 +207,14 @@ def fit(ex, train, epochs: int, val=None, schedule=None, early_stopping: EarlySt
             history.nonfinite, stop = where, True
         if stop:
             break
+        correct = float(correct) if comm is None else float(comm.sum([float(correct)])[0])
         history["loss"].append(total_loss / max(seen, 1))
-        history["accuracy"].append(float(correct) / max(seen, 1))
+        history["accuracy"].append(correct / max(seen, 1))
         history["lr"].append(ex.lr)
         if val is not None:
-            report = evaluate(ex, val[0], val[1], batch_size=eval_batch_size, with_metrics=False)
+            report = evaluate(ex, val[0], val[1], batch_size=eval_batch_size, with_metrics=False) if root else None
+            if comm is not None:
+                report = comm.bcast(report)  # rank 0's evaluation, so that every rank decides alike
             history["val_loss"].append(report["loss"])
             history["val_accuracy"].append(report["accuracy"])
         history["seconds"].append(time.perf_counter() - t0)
@@ -204,15 +222,37 @@ def fit(ex, train, epochs: int, val=None, schedule=None, early_stopping: EarlySt
         if val is not None:
             line += f" | val_loss {history['val_loss'][-1]:.4f} val_acc {history['val_accuracy'][-1]:.4f}"
         log(f"{line} | lr {ex.lr:.3g} | {history['seconds'][-1]:.1f}s")
-        if checkpoint:
+        if checkpoint and root:
             save_checkpoint(checkpoint, {"executor": ex.state_dict(), "loader": train.get_state(),
-                                         "history": dict(history), "epoch": epoch + 1, "config": config})
+                                         "history": dict(history), "epoch": epoch + 1, "config": config,
+                                         "world_size": 1 if comm is None else comm.size})
         if early_stopping is not None and early_stopping.should_stop(history, ex):
             log(f"early stopping: {early_stopping.monitor} has not improved for "
                 f"{early_stopping.patience} epochs")
             early_stopping.restore(ex)
             break
     return history
+
+
+def _resume(ex, train, checkpoint: str, comm, config, anyway: bool, log) -> dict | None:
+    """Load the checkpoint into the executor and the loader (resume_state checks it):
+    {"history", "epoch"}, or None when there is none yet. Data parallel: rank 0 reads it
+    (the file need only be on its machine) and every rank gets its state; a checkpoint of
+    another world size is refused."""
+    from engine.distributed import check_resume
+    resumed = None
+    if comm is None or comm.rank == 0:
+        check_resume("fit: resume", checkpoint, 1 if comm is None else comm.size)
+        state = resume_state(checkpoint, config, anyway, log)
+        if state is not None:
+            ex.load_state_dict(state["executor"])
+            resumed = {"loader": state["loader"], "history": state["history"], "epoch": state["epoch"]}
+    if comm is not None:
+        resumed = comm.bcast(resumed)
+        comm.broadcast_state(ex)
+    if resumed is not None:
+        train.set_state(resumed["loader"])
+    return resumed
 
 
 def _batches(n: int, batch_size: int):
