@@ -189,12 +189,18 @@ class Communicator:
         self.broadcast_state(ex)
 
     def _setup_gpu(self, grads) -> None:
-        mode = os.environ.get("ENGINE_GPU_REDUCE", "auto")
-        if mode not in GPU_REDUCE:
-            raise ValueError(f"ENGINE_GPU_REDUCE must be one of {', '.join(GPU_REDUCE)}, got {mode!r}")
-        why_not = _nccl_unusable(self) if mode != "mpi" else "ENGINE_GPU_REDUCE=mpi"
-        reasons = self.mpi.allgather(why_not)  # NCCL on every rank or on none
-        why_not = next((f"rank {r}: {w}" if self.size > 1 else w for r, w in enumerate(reasons) if w), None)
+        """NCCL when every rank can use it, else pinned host memory for MPI (see the docstring)."""
+        import cupy
+        mode = gpu_reduce_mode()
+        why_not = _nccl_unusable() if mode != "mpi" else "ENGINE_GPU_REDUCE=mpi"
+        gpu = (self.MPI.Get_processor_name(), cupy.cuda.Device().pci_bus_id)
+        every = self.mpi.allgather((why_not, gpu))  # NCCL on every rank or on none
+        why_not = next((f"rank {r}: {w}" if self.size > 1 else w for r, (w, _) in enumerate(every) if w), None)
+        gpus = [g for _, g in every]
+        shared = sorted({tuple(r for r, h in enumerate(gpus) if h == g) for g in gpus if gpus.count(g) > 1})
+        if why_not is None and shared:  # NCCL refuses two ranks on one GPU
+            host, bus = gpus[shared[0][0]]
+            why_not = f"ranks {', '.join(map(str, shared[0]))} share the GPU {bus} of {host}, and NCCL needs one per rank"
         if why_not is None:
             from cupy.cuda import nccl
             uid = nccl.get_unique_id() if self.rank == 0 else None
@@ -237,10 +243,10 @@ class Communicator:
         """grads (the flat gradient of this rank's slice, a mean over its rows) becomes the
         global batch's mean gradient on every rank: scaled by share (this rank's rows over
         the global batch's), then summed over the ranks by one all-reduce, in place."""
+        from engine.backend import array_module
         start = time.perf_counter()
         if share != 1.0:
-            xp = sys.modules[type(grads).__module__.split(".")[0]]  # numpy or cupy, whichever holds grads
-            xp.multiply(grads, grads.dtype.type(share), out=grads)
+            array_module(grads).multiply(grads, grads.dtype.type(share), out=grads)
         if self._nccl is not None:
             import cupy
             from cupy.cuda import nccl
@@ -256,19 +262,24 @@ class Communicator:
         self.allreduces += 1
 
 
-def _nccl_unusable(comm: Communicator) -> str | None:
-    """Why NCCL cannot reduce this rank's gradients, or None when it can."""
+def _nccl_unusable() -> str | None:
+    """Why this rank cannot use NCCL (no library), or None when it can."""
     try:
-        import cupy
         from cupy.cuda import nccl
     except ImportError as e:
         return f"cupy.cuda.nccl does not import: {e}"
     if not getattr(nccl, "available", True):
         return "CuPy finds no NCCL library (pip install nvidia-nccl-cu12, or -cu13 to match CuPy)"
-    gpus = cupy.cuda.runtime.getDeviceCount()
-    if comm.local_size > gpus:
-        return f"{comm.local_size} ranks share {gpus} GPU(s) on this machine, and NCCL needs a GPU per rank"
     return None
+
+
+def gpu_reduce_mode() -> str:
+    """ENGINE_GPU_REDUCE: auto (NCCL where every rank can use it), nccl (NCCL or an error) or
+    mpi (always through host memory)."""
+    mode = os.environ.get("ENGINE_GPU_REDUCE", "auto")
+    if mode not in GPU_REDUCE:
+        raise ValueError(f"ENGINE_GPU_REDUCE must be one of {', '.join(GPU_REDUCE)}, got {mode!r}")
+    return mode
 
 
 _world: Communicator | None = None
@@ -393,6 +404,7 @@ def run_command(func, args) -> int:
         threads = os.environ.get("ENGINE_THREADS")
         if threads is not None and not (threads.isdigit() and int(threads) >= 1):
             raise ValueError(f"ENGINE_THREADS must be a positive integer (threads per process), got {threads!r}")
+        gpu_reduce_mode()
         if args.command != "train" and comm.size > 1:
             raise ValueError(f"{args.command} runs in one process; under mpiexec only train runs data-parallel, "
                              f"got {comm.size} processes")
