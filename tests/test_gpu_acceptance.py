@@ -18,7 +18,7 @@ from engine.ops import cases
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_acceptance.sh"
-STAGES = ["environment and build", "validate", "train", "GPU tests", "compute-sanitizer", "benchmarks"]
+STAGES = ["environment and build", "validate", "train", "GPU tests", "compute-sanitizer", "benchmarks", "distributed"]
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
                                 reason="needs bash and coreutils' timeout")
@@ -48,6 +48,8 @@ def test_the_dry_run_goes_through_every_stage_and_packs_three_files(tmp_path):
     assert figures["GPU tests"]["collected"] > 0
     assert figures["compute-sanitizer"]["would_launch_cases"] == len(cases("odd"))
     assert figures["benchmarks"]["cpu_op_rows"] > 0
+    runs = figures["distributed"]["runs"]  # the dry run: two ranks on the CPU against one process
+    assert runs["cpu-2"]["ok"] and runs["cpu-2"]["within_tolerance"] and runs["single"]["exit"] == 0, runs
     assert "| 6. benchmarks | skipped: no GPU" in (out / "summary.md").read_text()
     with tarfile.open(out / "acceptance.tar.gz") as tar:
         names = set(tar.getnames())
