@@ -16,6 +16,9 @@ Suites (each returns a list of row dicts):
                  (quick: AlexNet's convolutions only), next to PyTorch/cuDNN (FP32 and
                  TF32), plus our GEMM vs cuBLAS
     train        training images/s: ours vs PyTorch eager (vs torch.compile on a GPU, unless quick)
+    dist         weak scaling of data-parallel training on this machine's CPU: a LeNet step at
+                 batch 128 per rank, 1 rank vs 2 (mpiexec, one thread each), alternating; the
+                 efficiency t(1 rank) / t(2 ranks) and the share of a step in the all-reduce
 
 ``main(argv)`` runs the CPU suite always and the GPU suites where a GPU works, and writes
 benchmarks/results/<date>-<device>.md and .json with what it ran on and the command.
@@ -325,12 +328,116 @@ def run_train(device: str, quick: bool = False, log=print) -> list[dict]:
     return rows
 
 
+# --------------------------------------------------------------------------------------
+# Data parallel: weak scaling under mpiexec (engine.distributed).
+
+DIST_MARK = "dist-result:"
+
+
+def dist_step_worker(batch: int, steps: int) -> None:
+    """One rank of the dist suite (run under mpiexec): LeNet training steps on this rank's own
+    synthetic batch (weak scaling: the work per rank is fixed); rank 0 prints every rank's
+    step times, time in the gradient all-reduce, and a bare all-reduce of the same gradient
+    timed after a barrier (the transfer alone, without waiting for a slower rank)."""
+    import json
+    import time
+
+    from engine import distributed
+    from engine.executor import Executor
+    from engine.models import lenet5
+    from engine.optim import SGD
+    comm = distributed.world()
+    ex = Executor(lenet5(), INPUT_SHAPES["lenet"], optimizer=SGD(lr=0.01, momentum=0.9), comm=comm)
+    x, y = _synthetic("lenet", batch, 10, seed=comm.rank)
+    for _ in range(5):
+        ex.train_step(x, y)
+    comm.allreduce_seconds, times = 0.0, []
+    for _ in range(steps):
+        start = time.perf_counter()
+        ex.train_step(x, y)
+        times.append(time.perf_counter() - start)
+    in_allreduce = comm.allreduce_seconds
+    bare, g = [], ex.grads_flat.copy()
+    for _ in range(30):
+        comm.mpi.Barrier()
+        start = time.perf_counter()
+        comm.mpi.Allreduce(comm.MPI.IN_PLACE, g)
+        bare.append(time.perf_counter() - start)
+    every = comm.mpi.gather({"step_s": times, "allreduce_s": in_allreduce, "bare_allreduce_s": float(np.median(bare)),
+                             "threads": int(os.environ.get("NUMBA_NUM_THREADS", 0))}, root=0)
+    if comm.rank == 0:
+        print(DIST_MARK, json.dumps({"ranks": every, "gradient_floats": int(ex.grads_flat.size)}), flush=True)
+
+
+def _dist_launch(ranks: int, batch: int, steps: int) -> dict:
+    import json
+    import subprocess
+    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    code = f"from engine.bench import dist_step_worker; dist_step_worker({batch}, {steps})"
+    env = dict(os.environ, ENGINE_THREADS="1", PYTHONPATH=os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+    p = subprocess.run([mpiexec, "-n", str(ranks), sys.executable, "-c", code], capture_output=True, text=True,
+                       env=env, timeout=600)
+    lines = [line for line in p.stdout.splitlines() if line.startswith(DIST_MARK)]
+    if p.returncode or not lines:
+        raise RuntimeError(f"mpiexec -n {ranks} exited {p.returncode}: {p.stderr.strip()[-500:]}")
+    result = json.loads(lines[-1][len(DIST_MARK):])
+    per_rank = result["ranks"]
+    step = float(np.median(per_rank[0]["step_s"]))
+    share = max(r["allreduce_s"] / sum(r["step_s"]) for r in per_rank)
+    return {"ranks": ranks, "step_s": step, "allreduce_share": share, "threads_per_rank": per_rank[0]["threads"],
+            "bare_allreduce_s": max(r["bare_allreduce_s"] for r in per_rank), "gradient_floats": result["gradient_floats"]}
+
+
+def run_dist(quick: bool = False, log=print) -> list[dict]:
+    """Weak scaling: a LeNet step at batch 128 per rank on 1 rank and on 2, one thread each,
+    the two alternating (repeats: 1 quick, else 3); the efficiency is the median over repeats
+    of t(1) / t(2), ideal 1."""
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        log("dist: mpi4py is not installed (pip install -e '.[dist]'): suite skipped")
+        return [{"suite": "dist", "note": "not run: mpi4py is not installed"}]
+    batch, steps, repeats = 128, 15 if quick else 30, 1 if quick else 3
+    runs = {1: [], 2: []}
+    for r in range(repeats):
+        for ranks in ((1, 2) if r % 2 == 0 else (2, 1)):
+            runs[ranks].append(_dist_launch(ranks, batch, steps))
+    ratios = [one["step_s"] / two["step_s"] for one, two in zip(runs[1], runs[2])]
+    rows = []
+    for ranks, results in runs.items():
+        row = {"suite": "dist", "model": "lenet", "batch_per_rank": batch, "ranks": ranks,
+               "threads_per_rank": results[0]["threads_per_rank"], "steps_timed": steps, "repeats": repeats,
+               "gradient_floats": results[0]["gradient_floats"],
+               "step_s": float(np.median([x["step_s"] for x in results])),
+               "allreduce_share": float(np.median([x["allreduce_share"] for x in results])),
+               "bare_allreduce_s": float(np.median([x["bare_allreduce_s"] for x in results]))}
+        if ranks == 2:
+            row["efficiency"] = float(np.median(ratios))
+            row["efficiency_per_repeat"] = ratios
+        rows.append(row)
+        log(_dist_line(row))
+    return rows
+
+
+DIST_HEADER = (f"{'model':6} {'batch/rank':>10} {'ranks':>5} {'threads':>7} {'step ms':>8} {'in allreduce':>12} "
+               f"{'bare allreduce us':>17} {'efficiency':>10}")
+
+
+def _dist_line(row: dict) -> str:
+    if "step_s" not in row:
+        return row.get("note", "")
+    efficiency = f"{row['efficiency']:10.0%}" if "efficiency" in row else f"{'-':>10}"
+    return (f"{row['model']:6} {row['batch_per_rank']:10d} {row['ranks']:5d} {row['threads_per_rank']:7d} "
+            f"{row['step_s'] * 1e3:8.1f} {row['allreduce_share']:12.1%} {row['bare_allreduce_s'] * 1e6:17.0f} {efficiency}")
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="python -m engine bench",
         description="Time our kernels next to PyTorch (CPU) and cuDNN/cuBLAS (GPU); write benchmarks/results/.")
     parser.add_argument("--quick", action="store_true", help="LeNet shapes only, fewer repeats")
-    parser.add_argument("--suite", action="append", choices=("cpu_ops", "gpu_ops", "train"),
+    parser.add_argument("--suite", action="append", choices=("cpu_ops", "gpu_ops", "train", "dist"),
                         help="run only these suites (repeatable); default: all that can run here")
     parser.add_argument("--op", action="append", metavar="NAME", help="only this op (repeatable)")
     parser.add_argument("--device-name", help="the <device> part of the results file name "
@@ -352,7 +459,7 @@ def main(argv=None, command: str | None = None) -> int:
     if args.date:
         env["date"] = args.date
     gpu = gpu_available() and not args.cpu_only
-    suites = args.suite or ["cpu_ops", "gpu_ops", "train"]
+    suites = args.suite or ["cpu_ops", "gpu_ops", "train", "dist"]
     sections, rows, extra = [], [], {}
     if not gpu:
         why = "--cpu-only" if args.cpu_only else validate.cuda_status()[2]
@@ -377,6 +484,13 @@ def main(argv=None, command: str | None = None) -> int:
         for device in ["cpu"] + (["cuda"] if gpu else []):
             rows += run_train(device, args.quick, log=lambda line: (print(line), body.append(line)))
         sections.append(("Training throughput (synthetic data)", "model batch device impl images/s", body))
+    if "dist" in suites:
+        print(DIST_HEADER)
+        body = []
+        rows += run_dist(args.quick, log=lambda line: (print(line), body.append(line)))
+        sections.append(("Data parallel, weak scaling (CPU, mpiexec, LeNet batch 128 per rank, one thread per rank; "
+                         "'in allreduce': share of a step, waiting for the other rank included; 'bare': the "
+                         "all-reduce alone after a barrier)", DIST_HEADER, body))
 
     if hasattr(os, "getloadavg"):
         env["load_average_at_end"] = os.getloadavg()[0]
