@@ -178,7 +178,7 @@ def fit(ex, train, epochs: int, val=None, schedule=None, early_stopping: EarlySt
             rows = len(xb)
             if comm is not None:  # the global batch's mean loss, the same on every rank
                 loss_sum, rows = comm.sum([loss * len(xb), len(xb)])
-                loss, rows = loss_sum / rows, int(rows)
+                loss, rows = float(loss_sum / rows), int(rows)
             history["batch_loss"].append(loss)
             if on_batch is not None:
                 on_batch(ex.step, loss, ex.lr)
