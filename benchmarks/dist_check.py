@@ -55,7 +55,7 @@ def run(work: Path, name: str, device: str, ranks: int | None, env: dict, timeou
         rc, out, err = "timeout", e.stdout or "", e.stderr or ""
         out, err = (s.decode() if isinstance(s, bytes) else s for s in (out, err))
     print(f"$ {' '.join(command)}  [{' '.join(f'{k}={v}' for k, v in env.items())}]\n{out}{err}", flush=True)
-    said = [line for line in (out + err).splitlines() if line.startswith(("data parallel:", "distributed:"))]
+    said = [line for line in (out + err).splitlines() if line.startswith(("data parallel:", "distributed:", "error:"))]
     return {"ranks": ranks, "env": env, "exit": rc, "seconds": round(time.perf_counter() - start, 1), "said": said}
 
 
@@ -68,6 +68,10 @@ def compare(work: Path, name: str, reference: str) -> dict:
     diff = max(float(np.abs(mine[k].astype(np.float64) - theirs[k]).max()) for k in theirs)
     return {"max_abs_diff": diff, "bitwise": all(np.array_equal(mine[k], theirs[k]) for k in theirs),
             "within_tolerance": all(is_close(mine[k], theirs[k], **tol("data_parallel")) for k in theirs)}
+
+
+def write(work: Path, report: dict) -> None:
+    (work / "distributed.json").write_text(json.dumps(report, indent=1) + "\n")
 
 
 def main(argv=None) -> int:
@@ -99,8 +103,8 @@ def main(argv=None) -> int:
             if result["ok"] and name != "single" and report["runs"]["single"]["exit"] == 0:
                 result.update(compare(args.work, name, "single"))
                 result["ok"] = result["within_tolerance"] and (result["bitwise"] or not bitwise)
-    path = args.work / "distributed.json"
-    path.write_text(json.dumps(report, indent=1) + "\n")
+            write(args.work, report)  # after every run: the stage's timeout may cut the next
+    write(args.work, report)
     print(json.dumps(report, indent=1))
     if "skipped" in report:
         print(f"dist_check: skipped: {report['skipped']}")

@@ -187,7 +187,7 @@ stage_distributed() {
         limited "$limit" 7-distributed.log "$PY" benchmarks/dist_check.py "$WORK" --dry-run --timeout 40
         return
     fi
-    limited "$limit" 7-distributed.log "$PY" benchmarks/dist_check.py "$WORK" --timeout 25
+    limited "$limit" 7-distributed.log "$PY" benchmarks/dist_check.py "$WORK" --timeout 20
     rc=$?
     if [ "$rc" = 3 ]; then
         echo "skipped: mpi4py is not installed (carry the mpi4py and mpich wheels with --wheels)" > "$WORK/status-7"

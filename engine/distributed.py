@@ -243,10 +243,9 @@ class Communicator:
         """grads (the flat gradient of this rank's slice, a mean over its rows) becomes the
         global batch's mean gradient on every rank: scaled by share (this rank's rows over
         the global batch's), then summed over the ranks by one all-reduce, in place."""
-        from engine.backend import array_module
         start = time.perf_counter()
         if share != 1.0:
-            array_module(grads).multiply(grads, grads.dtype.type(share), out=grads)
+            grads *= grads.dtype.type(share)  # NumPy or CuPy (on its current stream), in place
         if self._nccl is not None:
             import cupy
             from cupy.cuda import nccl
