@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.checkpoint import load_checkpoint  # noqa: E402
+from engine.distributed import mpiexec  # noqa: E402
 from engine.tolerances import is_close, tol  # noqa: E402
 
 TRAIN = ["-m", "engine", "train", "lenet", "--data", "synthetic", "--synthetic-size", "1024", "--epochs", "1",
@@ -42,9 +42,7 @@ TRAIN = ["-m", "engine", "train", "lenet", "--data", "synthetic", "--synthetic-s
 
 
 def run(work: Path, name: str, device: str, ranks: int | None, env: dict, timeout: float) -> dict:
-    beside = Path(sys.executable).parent / "mpiexec"  # the mpich wheel's, installed with mpi4py
-    mpiexec = beside if beside.exists() else shutil.which("mpiexec")
-    command = ([str(mpiexec), "-n", str(ranks)] if ranks else []) + [sys.executable, *TRAIN, "--device", device,
+    command = ([mpiexec(), "-n", str(ranks)] if ranks else []) + [sys.executable, *TRAIN, "--device", device,
                                                                      "--checkpoint", str(work / f"dist-{name}.npz")]
     start = time.perf_counter()
     try:
@@ -86,6 +84,8 @@ def main(argv=None) -> int:
         import mpi4py  # noqa: F401
     except ImportError:
         report["skipped"] = "mpi4py is not installed (carry the mpi4py and mpich wheels with --wheels)"
+    if "skipped" not in report and mpiexec() is None:
+        report["skipped"] = "no mpiexec beside python or on PATH (carry the mpich wheel with --wheels)"
     if "skipped" not in report:
         device, gpus = "cpu", 0
         if not args.dry_run:

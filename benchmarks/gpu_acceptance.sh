@@ -190,7 +190,7 @@ stage_distributed() {
     limited "$limit" 7-distributed.log "$PY" benchmarks/dist_check.py "$WORK" --timeout 20
     rc=$?
     if [ "$rc" = 3 ]; then
-        echo "skipped: mpi4py is not installed (carry the mpi4py and mpich wheels with --wheels)" > "$WORK/status-7"
+        echo "skipped: no mpi4py or mpiexec (carry the mpi4py and mpich wheels with --wheels)" > "$WORK/status-7"
     fi
     return $rc
 }

@@ -372,11 +372,11 @@ def dist_step_worker(batch: int, steps: int) -> None:
 def _dist_launch(ranks: int, batch: int, steps: int) -> dict:
     import json
     import subprocess
-    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    from engine.distributed import mpiexec
     code = f"from engine.bench import dist_step_worker; dist_step_worker({batch}, {steps})"
     env = dict(os.environ, ENGINE_THREADS="1", PYTHONPATH=os.pathsep.join(
         [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
-    p = subprocess.run([mpiexec, "-n", str(ranks), sys.executable, "-c", code], capture_output=True, text=True,
+    p = subprocess.run([mpiexec(), "-n", str(ranks), sys.executable, "-c", code], capture_output=True, text=True,
                        env=env, timeout=600)
     lines = [line for line in p.stdout.splitlines() if line.startswith(DIST_MARK)]
     if p.returncode or not lines:

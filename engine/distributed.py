@@ -281,6 +281,14 @@ def gpu_reduce_mode() -> str:
     return mode
 
 
+def mpiexec() -> str | None:
+    """The mpiexec that goes with mpi4py's MPI: the mpich wheel's, beside python, else the
+    first on PATH."""
+    import shutil
+    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return beside if os.path.exists(beside) else shutil.which("mpiexec")
+
+
 _world: Communicator | None = None
 
 
@@ -303,7 +311,7 @@ def world() -> Communicator | None:
     if expected is not None and comm.size != expected:
         raise RuntimeError(f"the launcher started {expected} processes but MPI sees {comm.size}: its mpiexec is "
                            f"not the one of mpi4py's MPI ({MPI.Get_library_version().splitlines()[0].strip()}); "
-                           f"use {os.path.join(os.path.dirname(sys.executable), 'mpiexec')}")
+                           f"use {mpiexec()}")
     _world = comm
     return comm
 
