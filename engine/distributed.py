@@ -395,7 +395,7 @@ def run_command(func, args) -> int:
     """Run a CLI command (func(args)) on this rank of an MPI run: only rank 0 prints to
     stdout; an error is reported with the CLI's policy (engine.cli: its line and exit code)
     and ends the run as the module docstring says."""
-    from engine import cli
+    import engine.cli as cli  # by its full name: engine/__init__ imports this module
     debug = cli.debugging(sys.argv[1:])
     if launcher_rank() != 0:
         sys.stdout = open(os.devnull, "w")  # only rank 0 prints (and shows progress: fit)
