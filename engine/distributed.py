@@ -47,6 +47,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 
 # Environment variables that MPI launchers set in every process they start, giving the
 # world size: MPICH's and Intel MPI's hydra and Slurm's PMI (PMI_SIZE), Open MPI
@@ -397,8 +398,9 @@ def run_command(func, args) -> int:
     and ends the run as the module docstring says."""
     import engine.cli as cli  # by its full name: engine/__init__ imports this module
     debug = cli.debugging(sys.argv[1:])
-    if launcher_rank() != 0:
-        sys.stdout = open(os.devnull, "w")  # only rank 0 prints (and shows progress: fit)
+    if launcher_rank() != 0:  # only rank 0 prints (and shows progress: fit): every rank decides alike
+        sys.stdout = open(os.devnull, "w")
+        warnings.simplefilter("ignore")
     else:
         sys.stdout.reconfigure(line_buffering=True)  # a pipe to mpiexec: lines as they come
     try:

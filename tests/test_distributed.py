@@ -223,6 +223,10 @@ def test_the_users_mistakes_under_mpiexec_are_one_error_line(tmp_path):
     assert error_lines(odd) == ["error: --batch-size is the global batch, split evenly across the 2 processes, so "
                                 "it must be divisible by 2; got 33"], odd.stderr[-3000:]
     assert not (tmp_path / "x.npz").exists()
+    argparse = launch(train_args(tmp_path, "x.npz", "--epochs", "0"), tmp_path, n=2)  # every rank parses it
+    assert argparse.returncode == 2
+    assert error_lines(argparse) == ["error: train: argument --epochs: expected an integer >= 1, got 0 "
+                                     "(see python -m engine train --help)"], argparse.stderr[-3000:]
 
     # one rank fails while setting up: that rank's error, once, and no rank waits for it
     setup = launch(train_args(tmp_path, "x.npz"), tmp_path, n=2, extra_env={"FAIL_IN_SETUP": "1"})
