@@ -26,12 +26,14 @@ the host. Where NCCL cannot be used (no NCCL library, or several ranks sharing o
 which NCCL refuses) the gradient is staged through pinned host memory and reduced by MPI,
 and rank 0 says so once. ENGINE_GPU_REDUCE=nccl|mpi forces one way (auto by default).
 
-Failure: ``run_command`` runs a CLI command on every rank. An error raised before the
-ranks first talk to each other (bad options, a missing file) is gathered there, and rank
-0 prints it once, as one ``error:`` line; every rank exits 2. An error after that (or a
-rank that dies) cannot be waited for: the failing rank prints ``error: rank R of N: ...``
-and calls MPI_Abort, which ends every rank -- never a hang. Only rank 0 writes checkpoints,
-and it writes them atomically, so an abort leaves the previous one whole.
+Failure: ``run_command`` runs a CLI command on every rank, with the CLI's policy for what an
+error prints and its exit code (engine.cli). An error raised before the ranks first talk to
+each other (bad options, a missing file) is gathered at that first exchange, and rank 0
+prints it -- once when every rank met it, else ``error: rank R of N: ...`` for each rank
+that did -- and every rank exits cleanly. An error after that (or a rank that dies) cannot
+be waited for: the failing rank prints ``error: rank R of N: ...`` and calls MPI_Abort with
+the error's exit code, which ends every rank -- never a hang. Only rank 0 writes
+checkpoints, and it writes them atomically, so an abort leaves the previous one whole.
 
 Threads: under a launcher each rank gets its share of the machine's cores (ENGINE_THREADS,
 default cores // ranks on this machine, at least 1) for Numba, OpenMP and BLAS, so that
