@@ -181,11 +181,11 @@ class Communicator:
         built the same model on the same kind of device, set up the GPU reduction, and give
         every rank rank 0's state."""
         self._start()
-        mine = (ex.device, int(ex.params_flat.size), tuple(sorted(ex.opt_state)))
+        mine = (ex.device, int(ex.params_flat.size), int(ex.trainable_end), tuple(sorted(ex.opt_state)))
         every = self.mpi.allgather(mine)
         if any(other != every[0] for other in every):
-            differ = ", ".join(f"rank {r}: {d} with {n:,} parameters, optimizer state {s}"
-                               for r, (d, n, s) in enumerate(every))
+            differ = ", ".join(f"rank {r}: {d} with {n:,} parameters ({t:,} trainable), optimizer state {s}"
+                               for r, (d, n, t, s) in enumerate(every))
             raise RuntimeError(f"distributed: every rank must build the same model on the same kind of device; {differ}")
         if ex.device == "cuda":
             self._setup_gpu(ex.grads_flat)
@@ -243,9 +243,10 @@ class Communicator:
             self.mpi.Bcast(a, root=0)
 
     def average_gradients(self, grads, share: float) -> None:
-        """grads (the flat gradient of this rank's slice, a mean over its rows) becomes the
-        global batch's mean gradient on every rank: scaled by share (this rank's rows over
-        the global batch's), then summed over the ranks by one all-reduce, in place."""
+        """grads (the flat gradient of this rank's slice, a mean over its rows; the executor
+        passes the trainable head of its flat array) becomes the global batch's mean gradient
+        on every rank: scaled by share (this rank's rows over the global batch's), then summed
+        over the ranks by one all-reduce, in place."""
         start = time.perf_counter()
         if share != 1.0:
             grads *= grads.dtype.type(share)  # NumPy or CuPy (on its current stream), in place
@@ -255,9 +256,10 @@ class Communicator:
             self._nccl.allReduce(grads.data.ptr, grads.data.ptr, grads.size, nccl.NCCL_FLOAT32, nccl.NCCL_SUM,
                                  cupy.cuda.get_current_stream().ptr)
         elif self._pinned is not None:
-            grads.get(out=self._pinned)  # waits for backward to finish
-            self.mpi.Allreduce(self.MPI.IN_PLACE, self._pinned, op=self.MPI.SUM)
-            grads.set(self._pinned)
+            host = self._pinned[:grads.size]  # grads: the trainable head of the flat gradient
+            grads.get(out=host)  # waits for backward to finish
+            self.mpi.Allreduce(self.MPI.IN_PLACE, host, op=self.MPI.SUM)
+            grads.set(host)
         else:
             self.mpi.Allreduce(self.MPI.IN_PLACE, grads, op=self.MPI.SUM)
         self.allreduce_seconds += time.perf_counter() - start
