@@ -32,6 +32,7 @@ SCENARIOS = {
     "uneven": (97, 3, lambda: SGD(0.05, momentum=0.9, nesterov=True, weight_decay=1e-3), False, True),
     "empty": (65, 3, lambda: Adam(1e-3, weight_decay=1e-3), False, False),
     "batchnorm": (64, 10, lambda: SGD(0.05, momentum=0.9), True, False),
+    "frozen": (64, 5, lambda: Adam(1e-3), False, False),  # the first conv frozen: only the rest is reduced
 }
 
 
@@ -40,6 +41,7 @@ def make_executor(name: str, comm=None) -> Executor:
     nn.manual_seed(1)
     layers = [nn.Conv2d(1, 6, 5, stride=2)] + ([nn.BatchNorm2d(6)] if batch_norm else [])
     layers += [nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(6 * 6 * 6, 32), nn.ReLU(), nn.Linear(32, 10)]
+    layers[0].trainable = name != "frozen"
     return Executor(nn.Sequential(*layers), (1, 28, 28), optimizer=optimizer(), seed=3, comm=comm)
 
 

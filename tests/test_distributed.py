@@ -79,10 +79,11 @@ def two_ranks(tmp_path_factory):
 
 
 @needs_mpi
-@pytest.mark.parametrize("name", ["sgd", "adam", "uneven", "empty"])
+@pytest.mark.parametrize("name", ["sgd", "adam", "uneven", "empty", "frozen"])
 def test_two_ranks_at_global_batch_64_reproduce_one_process(two_ranks, name):
     """sgd/adam: 10 steps, the loss of every step; uneven: short last batches split 16/17,
-    with augmentation; empty: a last batch of one row, which rank 0 has no part of."""
+    with augmentation; empty: a last batch of one row, which rank 0 has no part of; frozen:
+    the first layer frozen (only the trainable head of the flat gradient is reduced)."""
     _, epochs, _, _, _ = W.SCENARIOS[name]
     ex = W.make_executor(name)
     expected = W.outcome(ex, fit(ex, W.make_loader(name), epochs, progress=False, log=lambda line: None))
@@ -92,6 +93,8 @@ def test_two_ranks_at_global_batch_64_reproduce_one_process(two_ranks, name):
         assert_close(rank0[key], expected[key], **tol("data_parallel"), what=f"{name} {key}")
         np.testing.assert_array_equal(rank1[key], rank0[key], err_msg=f"{name} {key}: the ranks differ")
     assert len(rank0["loss"]) == epochs
+    if name == "frozen":  # the frozen layer kept its initial weights
+        np.testing.assert_array_equal(rank0["param/0.Conv2d.weight"], W.outcome(W.make_executor(name))["param/0.Conv2d.weight"])
 
 
 @needs_mpi
