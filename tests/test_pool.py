@@ -110,6 +110,22 @@ def test_avg_pool2d_backward_matches_reference(count_include_pad):
                      what=f"avg_pool2d_backward count_include_pad={count_include_pad} {describe(cfg)}")
 
 
+@pytest.mark.parametrize("ties", [False, True], ids=["random", "ties"])
+@pytest.mark.parametrize("shape", [(3, 6, 28, 28), (2, 3, 9, 7), (1, 1, 2, 2), (2, 16, 10, 11)])
+def test_max_pool2d_2x2_fast_path_matches_reference(shape, ties):
+    # 2x2 windows at stride 2 without padding take their own kernel (the random configs
+    # above rarely draw it): the same values and argmax, ties, NaN and -inf included
+    rng = rng_for(sum(shape) + ties)
+    x = (rng.integers(-2, 3, size=shape) if ties else rng.standard_normal(shape)).astype(np.float32)
+    x.reshape(-1)[::7] = np.nan
+    x.reshape(-1)[3::11] = -np.inf
+    y, arg = fast.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0))
+    y_ref, arg_ref = ref.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0))
+    # a maximum is one of the inputs: exactly equal (NaN where the reference has NaN)
+    np.testing.assert_array_equal(y, y_ref, err_msg=f"max_pool2d_forward 2x2/2 x {shape}")
+    np.testing.assert_array_equal(arg, arg_ref, err_msg=f"argmax 2x2/2 x {shape}")
+
+
 @pytest.mark.parametrize("module", [fast, ref], ids=["numba", "reference"])
 def test_max_pool2d_conventions(module):
     # ties: the first cell in row-major window order wins
