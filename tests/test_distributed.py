@@ -288,3 +288,34 @@ def test_a_single_process_needs_no_mpi_and_refuses_a_checkpoint_of_two(tmp_path)
     with pytest.raises(ValueError, match=r"fit: resume: .* was written by a run on 2 process\(es\) and this run has 1"):
         distributed.check_resume("fit: resume", str(tmp_path / "two.npz"), 1)
     distributed.check_resume("fit: resume", str(tmp_path / "none.npz"), 1)  # nothing to resume yet
+
+
+class _Rank:
+    """A communicator stand-in: only the rank, which keys the dropout masks."""
+
+    def __init__(self, rank):
+        self.rank = rank
+
+    def use_device(self, device):
+        pass
+
+    def attach(self, ex):
+        pass
+
+
+def test_dropout_masks_differ_per_rank_and_repeat_on_the_same_rank():
+    from engine import nn
+    from engine.executor import Executor
+    from engine.optim import SGD
+    x, y = synthetic(32, (1, 8, 8), 10, seed=0)
+
+    def grads(rank):
+        nn.manual_seed(2)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Dropout(0.5), nn.Linear(32, 10))
+        ex = Executor(model, (1, 8, 8), optimizer=SGD(0.1), seed=7, comm=_Rank(rank))
+        ex.compute_gradients(x, y)
+        return ex.grads_flat.copy()
+
+    np.testing.assert_array_equal(grads(0), grads(0))
+    np.testing.assert_array_equal(grads(1), grads(1))
+    assert not np.array_equal(grads(0), grads(1))  # another mask on rank 1
