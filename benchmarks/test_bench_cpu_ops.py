@@ -13,8 +13,9 @@ import os
 import numpy as np
 import pytest
 
-from engine import bench, validate
+from engine import bench_ops, bench_train, validate
 from engine.backend import get_backend
+from engine.measure import torch_or_none
 from engine.ops import cases
 from engine.tolerances import assert_close, tol
 
@@ -25,7 +26,7 @@ ROUNDS = dict(rounds=5, warmup_rounds=1, iterations=1)  # bounded: 2-core CI mac
 
 @pytest.fixture(scope="module", autouse=True)
 def _torch_threads():
-    torch = bench.torch_or_none()
+    torch = torch_or_none()
     if torch is not None:
         torch.set_num_threads(os.cpu_count() or 1)
 
@@ -33,15 +34,15 @@ def _torch_threads():
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_numba(benchmark, case):
     numba = get_backend("numba")
-    assert bench.check_case(case, numba, np) == "ok"  # a fast wrong kernel is a bug, not a result
+    assert bench_ops.check_case(case, numba, np) == "ok"  # a fast wrong kernel is a bug, not a result
     benchmark.group = f"{case.op} {case.label}"
-    benchmark.pedantic(bench._bind(numba, case, validate.to_device(case.inputs(), np)), **ROUNDS)
+    benchmark.pedantic(bench_ops._bind(numba, case, validate.to_device(case.inputs(), np)), **ROUNDS)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_torch(benchmark, case):
     pytest.importorskip("torch", reason="PyTorch is not installed: nothing to compare against")
-    fn = bench.torch_counterpart(case, bench.to_torch(case.inputs(), "cpu"), "cpu")
+    fn = bench_ops.torch_counterpart(case, bench_ops.to_torch(case.inputs(), "cpu"), "cpu")
     if fn is None:
         pytest.skip(f"PyTorch has no counterpart of {case.op}")
     benchmark.group = f"{case.op} {case.label}"
@@ -51,12 +52,12 @@ def test_torch(benchmark, case):
 def test_lenet_train_step_torch(benchmark):
     pytest.importorskip("torch", reason="PyTorch is not installed")
     benchmark.group = "train lenet batch 256 cpu"
-    benchmark.pedantic(bench.torch_train_step("lenet", 256, "cpu"), rounds=5, warmup_rounds=2)
+    benchmark.pedantic(bench_train.torch_train_step("lenet", 256, "cpu"), rounds=5, warmup_rounds=2)
 
 
 def test_lenet_train_step_ours(benchmark):
     try:
-        step = bench.our_train_step("lenet", 256, "cpu")
+        step = bench_train.our_train_step("lenet", 256, "cpu")
     except NotImplementedError as exc:
         pytest.skip(f"our executor is not usable from bench yet: {exc}")
     benchmark.group = "train lenet batch 256 cpu"
@@ -75,7 +76,7 @@ def test_torch_counterpart_computes_the_same_op(case):
     pytest.importorskip("torch", reason="PyTorch is not installed")
     args = case.inputs()
     expected = validate.reference_outputs(case, args)
-    got = bench.torch_counterpart(case, bench.to_torch(args, "cpu"), "cpu")()
+    got = bench_ops.torch_counterpart(case, bench_ops.to_torch(args, "cpu"), "cpu")()
     got = got if isinstance(got, tuple) else (got,)
     returned = case.card.returns
     for name, g, e in zip(case.card.outputs[:returned], got, expected[:returned]):

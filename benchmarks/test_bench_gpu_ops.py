@@ -7,7 +7,7 @@ flush, median of >= 50).
 """
 import pytest
 
-from engine import bench, validate
+from engine import bench_ops, validate
 from engine.backend import get_backend
 from engine.ops import cases
 
@@ -34,9 +34,9 @@ def _synced(fn, synchronize):
 def test_ours(benchmark, case, exposure):
     import cupy
     backend = get_backend(exposure)
-    assert bench.check_case(case, backend, cupy) == "ok"
+    assert bench_ops.check_case(case, backend, cupy) == "ok"
     benchmark.group = f"{case.op} {case.label}"
-    fn = bench._bind(backend, case, validate.to_device(case.inputs(), cupy))
+    fn = bench_ops._bind(backend, case, validate.to_device(case.inputs(), cupy))
     benchmark.pedantic(_synced(fn, cupy.cuda.Device().synchronize), **ROUNDS)
 
 
@@ -46,7 +46,7 @@ def test_torch_cudnn(benchmark, case):
     if not torch.cuda.is_available():
         pytest.skip("PyTorch has no CUDA here")
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # the FP32 column
-    fn = bench.torch_counterpart(case, bench.to_torch(case.inputs(), "cuda"), "cuda")
+    fn = bench_ops.torch_counterpart(case, bench_ops.to_torch(case.inputs(), "cuda"), "cuda")
     if fn is None:
         pytest.skip(f"PyTorch has no counterpart of {case.op}")
     benchmark.group = f"{case.op} {case.label}"

@@ -288,3 +288,55 @@ def test_a_single_process_needs_no_mpi_and_refuses_a_checkpoint_of_two(tmp_path)
     with pytest.raises(ValueError, match=r"fit: resume: .* was written by a run on 2 process\(es\) and this run has 1"):
         distributed.check_resume("fit: resume", str(tmp_path / "two.npz"), 1)
     distributed.check_resume("fit: resume", str(tmp_path / "none.npz"), 1)  # nothing to resume yet
+
+
+class _Rank:
+    """A communicator stand-in: the rank (which keys the dropout masks) of 2, and what it was
+    asked to reduce."""
+
+    def __init__(self, rank):
+        self.rank, self.size, self.reduced = rank, 2, []
+
+    def use_device(self, device):
+        pass
+
+    def attach(self, ex):
+        pass
+
+    def average_gradients(self, grads, share):
+        self.reduced.append((grads, share))
+
+
+def test_dropout_masks_differ_per_rank_and_repeat_on_the_same_rank():
+    from engine import nn
+    from engine.executor import Executor
+    from engine.optim import SGD
+    x, y = synthetic(32, (1, 8, 8), 10, seed=0)
+
+    def grads(rank):
+        nn.manual_seed(2)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Dropout(0.5), nn.Linear(32, 10))
+        ex = Executor(model, (1, 8, 8), optimizer=SGD(0.1), seed=7, comm=_Rank(rank))
+        ex.compute_gradients(x, y)
+        return ex.grads_flat.copy()
+
+    np.testing.assert_array_equal(grads(0), grads(0))
+    np.testing.assert_array_equal(grads(1), grads(1))
+    assert not np.array_equal(grads(0), grads(1))  # another mask on rank 1
+
+
+def test_a_step_makes_one_all_reduce_of_the_flat_gradient():
+    from engine import nn
+    from engine.executor import Executor
+    from engine.optim import SGD
+    x, y = synthetic(16, (1, 8, 8), 10, seed=0)
+    nn.manual_seed(2)
+    ex = Executor(nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)), (1, 8, 8),
+                  optimizer=SGD(0.1), comm=_Rank(0))
+    for _ in range(3):
+        ex.train_step(x, y)
+    assert len(ex.comm.reduced) == 3
+    for grads, share in ex.comm.reduced:
+        assert share == 0.5  # an equal share of the global batch: 1 / world size
+        assert grads.ctypes.data == ex.grads_flat.ctypes.data  # the flat array itself, reduced in place
+        assert grads.size == ex.trainable_end == ex.grads_flat.size  # every gradient at once

@@ -77,3 +77,50 @@ def test_an_unknown_option_is_one_error_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: gpu_acceptance.sh: unknown option --fast (expected --dry-run, --wheels DIR, --stages LIST)"]
+
+
+def test_a_wheel_that_does_not_install_fails_stage_1(tmp_path):
+    (tmp_path / "wheels").mkdir()  # no wheel in it: pip has nothing to install
+    result, out = dry_run(tmp_path, "--stages", "1", "--wheels", str(tmp_path / "wheels"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    [stage] = json.loads((out / "summary.json").read_text())["stages"]
+    assert stage["status"].startswith("failed (dry run, exit "), stage
+
+
+def test_on_a_gpu_the_build_targets_its_arch_in_parallel_and_a_failed_build_fails_stage_1_only(tmp_path):
+    """GPU mode with stand-ins: an nvidia-smi reporting compute capability 9.0, and a python
+    whose pip "builds" without the extension (as setup.py does when nvcc fails) and whose
+    engine commands succeed. Stage 1 fails because the extension does not import; pip was
+    asked for sm_90 only, one job per core; stage 2 (NVRTC) still runs."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text('#!/usr/bin/env bash\ncase "$*" in *name,*) echo "Stand-in GPU, 1.0, 9.0, 1 MiB" ;; '
+                   '*compute_cap*) echo "9.0" ;; esac\n')
+    python = bin_dir / "python"
+    python.write_text(f'#!/usr/bin/env bash\n'
+                      f'case "$1 $2" in\n'
+                      f'  "-m pip") echo "pip ENGINE_CUDA_ARCHS=$ENGINE_CUDA_ARCHS ENGINE_BUILD_JOBS=$ENGINE_BUILD_JOBS $*"\n'
+                      f'            echo "engine._cuda_ext NOT built (stand-in: nvcc failed)"; exit 0 ;;\n'
+                      f'  "-m engine") echo "stand-in: $*"; exit 0 ;;\n'
+                      f'esac\n'
+                      f'case "$*" in *_cuda_ext*) echo "No module named engine._cuda_ext" >&2; exit 1 ;; esac\n'
+                      f'exec "{sys.executable}" "$@"\n')
+    for f in (smi, python):
+        f.chmod(0o755)
+    out = tmp_path / "out"
+    env = dict(os.environ, OUT=str(out), PYTHON=str(python), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run(["bash", str(SCRIPT), "--stages", "1,2"], capture_output=True, text=True, env=env,
+                            cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mode"] == "gpu"
+    build, validate = summary["stages"]
+    assert build["status"] == "failed (exit 1)", build
+    assert build["figures"]["extension"] == "not built: stand-in: nvcc failed"
+    assert validate["status"] == "passed", validate
+    with tarfile.open(out / "acceptance.tar.gz") as tar:
+        log = tar.extractfile("acceptance/1-build.log").read().decode()
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    assert (f"pip ENGINE_CUDA_ARCHS=90 ENGINE_BUILD_JOBS={nproc} -m pip install -v --no-build-isolation "
+            f"--no-deps -e .") in log, log
