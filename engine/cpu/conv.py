@@ -17,13 +17,11 @@ How the work is split (measured at the LeNet shapes, batch 256, on 2 cores):
 * The batch is walked in chunks of a few samples, so one chunk's cols (<= _CHUNK_BYTES)
   is still in cache when the GEMM reads it, and AlexNet-sized layers do not allocate
   hundreds of MiB of columns.
-* Per-sample GEMMs of LeNet are tiny (K*CRS*PQ = 0.1-0.25 M multiply-adds), below the
-  size where OpenBLAS starts its own threads, so BLAS alone would use one core. We
-  split the batch into one contiguous part per Numba thread and run the parts on a
-  small thread pool; the Numba kernels on that path release the GIL (nogil) and run
-  serially inside their part. Big per-sample GEMMs (AlexNet) run in one part and let
-  BLAS thread. Mixing both (parallel Numba loops between threaded GEMMs) was 1.3-2x
-  slower, and collapsed on a busy machine, where spinning thread pools fight.
+* The batch is split into one contiguous part per Numba thread, run on engine.cpu.blas's
+  thread pool with BLAS held to one thread; the Numba kernels on that path release the
+  GIL (nogil) and run serially inside their part. Only a single sample (nothing to split)
+  lets BLAS thread its GEMMs. Mixing both (parallel Numba loops between threaded GEMMs) was
+  1.3-2x slower, and collapsed on a busy machine, where spinning thread pools fight.
 * The public im2col / col2im ops run alone, so they use parallel=True kernels.
 
 Results are deterministic: every sample is computed by one thread, and the weight
@@ -32,13 +30,10 @@ gradient adds per-sample products in a fixed order per part, then the parts in o
 """
 from __future__ import annotations
 
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import numba as nb
 import numpy as np
 
+from engine.cpu import blas
 from engine.shapes import window_output_hw
 
 _CHUNK_BYTES = 2 << 20
@@ -201,43 +196,13 @@ def gemm(a, b, trans_a=False, trans_b=False, out=None):
     return out
 
 
-_pool: ThreadPoolExecutor | None = None   # helpers for parts 1.. of a split batch
-_pool_size = 0
-_pool_lock = threading.Lock()
-
-
-def _forget_pool_after_fork():
-    # a forked child inherits the pool object but not its threads: start a fresh one there
-    global _pool, _pool_size, _pool_lock
-    _pool, _pool_size, _pool_lock = None, 0, threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_pool_after_fork)
-
-
 def _split_batch(work, n, per_sample_macs, per_sample_bytes):
-    """Run work(n0, n1, chunk) over contiguous parts of range(n); return the results in order.
-
-    One part per Numba thread when one sample's GEMM is small enough that BLAS would not
-    thread it anyway, else a single part (BLAS threads). `chunk` is how many samples
-    work should take at a time.
-    """
-    global _pool, _pool_size
+    """Run work(n0, n1, chunk) over contiguous parts of range(n) (engine.cpu.blas); return
+    the results in order. `chunk` is how many samples work should take at a time."""
     chunk = max(1, min(n, _CHUNK_BYTES // max(1, per_sample_bytes)))
-    parts = nb.get_num_threads() if per_sample_macs <= _BLAS_SERIAL_MACS else 1
-    parts = max(1, min(parts, n))
-    bounds = [n * i // parts for i in range(parts + 1)]
-    if parts == 1:
-        return [work(0, n, chunk)]
-    with _pool_lock:
-        if _pool_size < parts - 1:  # created on first use, grown if Numba's thread count grows
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(max_workers=parts - 1, thread_name_prefix="engine-conv")
-            _pool_size = parts - 1
-        futures = [_pool.submit(work, bounds[i], bounds[i + 1], chunk) for i in range(1, parts)]
-    first = work(bounds[0], bounds[1], chunk)  # the caller does part 0 itself
-    return [first] + [f.result() for f in futures]
+    n_parts = blas.parts(n, n * per_sample_macs)
+    return blas.run_parts(lambda n0, n1: work(n0, n1, chunk), blas.bounds(n, n_parts),
+                          blas_threads=n_parts == 1 and per_sample_macs > _BLAS_SERIAL_MACS)
 
 
 def conv2d_forward(x, w, b, stride, padding, out=None):

@@ -3,21 +3,38 @@ the rest. Same ops and layouts as engine.reference.linear (the spec). float32 in
 
 x (N, I), w (O, I), b (O,), y (N, O) = x @ w.T + b. Transposed operands are handed to
 BLAS as they are (np.dot passes the transpose flag instead of copying).
+
+A product big enough to split (engine.cpu.blas) is split over the weight, one slice of its
+rows (forward, weight gradient) or columns (data gradient) per thread, so that each thread
+reads its share of the weight once -- at AlexNet's classifier the weight is by far the
+largest operand -- and every output element is still one BLAS dot product.
 """
 from __future__ import annotations
 
 import numba as nb
 import numpy as np
 
+from engine.cpu import blas
 from engine.cpu.arrays import column_sums
 from engine.cpu.parallel import kernel_pair
 
 
-def _dot(a, b, shape, out):
-    """a @ b into out (allocated when None); returns it."""
+def _dot(a, b, shape, out, split_columns: bool = False):
+    """a @ b into out (allocated when None); returns it. Split over threads (engine.cpu.blas)
+    by rows of the result, or by its columns when split_columns (each part then writes a
+    temporary, copied into its columns)."""
     if out is None:
         out = np.empty(shape, dtype=np.float32)
-    np.dot(a, b, out=out)
+    count = shape[1] if split_columns else shape[0]
+    n_parts = blas.parts(count, float(shape[0]) * shape[1] * a.shape[1])
+    if n_parts == 1:
+        blas.run_parts(lambda i0, i1: np.dot(a, b, out=out), [0, count])
+    elif split_columns:
+        def columns(j0, j1):
+            out[:, j0:j1] = np.dot(a, b[:, j0:j1])
+        blas.run_parts(columns, blas.bounds(count, n_parts))
+    else:
+        blas.run_parts(lambda i0, i1: np.dot(a[i0:i1], b, out=out[i0:i1]), blas.bounds(count, n_parts))
     return out
 
 
@@ -53,7 +70,7 @@ def _add_kernel(a, b, out):
 
 def linear_forward(x, w, b, out=None):
     """x (N, I), w (O, I), b (O,) or None -> y (N, O) = x @ w.T + b."""
-    y = _dot(x, w.T, (x.shape[0], w.shape[0]), out)
+    y = _dot(x, w.T, (x.shape[0], w.shape[0]), out, split_columns=True)
     if b is not None:
         _add_bias_rows(y, b)
     return y
@@ -61,7 +78,7 @@ def linear_forward(x, w, b, out=None):
 
 def linear_backward_data(dy, w, out=None):
     """dy (N, O), w (O, I) -> dx (N, I) = dy @ w."""
-    return _dot(dy, w, (dy.shape[0], w.shape[1]), out)
+    return _dot(dy, w, (dy.shape[0], w.shape[1]), out, split_columns=True)
 
 
 def linear_backward_weight(dy, x, out=None):
