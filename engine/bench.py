@@ -93,7 +93,7 @@ def main(argv=None, command: str | None = None) -> int:
         body = []
         for device in ["cpu"] + (["cuda"] if gpu else []):
             rows += run_train(device, args.quick, log=lambda line: (print(line), body.append(line)))
-        sections.append(("Training throughput (synthetic data)", "model batch device impl images/s", body))
+        sections.append(("Training throughput (synthetic data)", "model batch device impl images/s (CPU: GEMM GFLOP/s, share of the SGEMM ceiling, speedup vs PyTorch)", body))
     if "dist" in suites:
         print(DIST_HEADER)
         body = []

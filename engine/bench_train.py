@@ -3,11 +3,12 @@ images/s on synthetic data, our executor next to the same model in PyTorch eager
 torch.compile on a GPU). The step factories are shared with benchmarks/ and the dist suite."""
 from __future__ import annotations
 
+import statistics
 from typing import Callable
 
 import numpy as np
 
-from engine.measure import images_per_second, torch_or_none
+from engine.measure import cpu_sgemm_gflops, images_per_second, step_flops, step_profile, torch_or_none
 from engine.models import torch_twin
 
 # --------------------------------------------------------------------------------------
@@ -43,10 +44,10 @@ def torch_train_step(name: str, batch: int, device: str, compile_model: bool = F
     return step
 
 
-def our_train_step(name: str, batch: int, device: str, classes: int = 10):
+def our_train_step(name: str, batch: int, device: str, classes: int = 10, with_executor: bool = False):
     """A zero-argument training step of our executor (SGD with momentum, as the PyTorch one)
-    on the same synthetic data, data already on the device; NotImplementedError saying what
-    is missing where the executor is not there."""
+    on the same synthetic data, data already on the device (and the executor, with_executor);
+    NotImplementedError saying what is missing where the executor is not there."""
     try:
         from engine.executor import Executor
         from engine.models import MODELS
@@ -67,13 +68,19 @@ def our_train_step(name: str, batch: int, device: str, classes: int = 10):
         loss = executor.train_step(x, y)
         sync()
         return loss
-    return step
+    return (step, executor) if with_executor else step
+
+
+CPU_PLANS = [("lenet", 64), ("lenet", 256), ("alexnet", 16)]
+GPU_PLANS = [("lenet", 256), ("alexnet", 128)]
 
 
 def run_train(device: str, quick: bool = False, log=print) -> list[dict]:
     """Training images/s: ours, PyTorch eager, and torch.compile (GPU only)."""
+    if device == "cpu":
+        return run_train_cpu(quick, log)
     torch = torch_or_none()
-    plans = [("lenet", 256)] + ([("alexnet", 128)] if device == "cuda" else [])
+    plans = GPU_PLANS
     seconds = 1.5 if quick else 4.0
     rows = []
     for name, batch in plans:
@@ -92,4 +99,58 @@ def run_train(device: str, quick: bool = False, log=print) -> list[dict]:
             rows.append(row)
             rate = "-" if row["images_per_s"] is None else f"{row['images_per_s']:.0f} images/s"
             log(f"train {name} batch {batch} {device} {label:14} {rate} {row.get('note', '')}")
+    return rows
+
+
+def run_train_cpu(quick: bool = False, log=print) -> list[dict]:
+    """On the CPU (2 shared cores): ours and PyTorch eager alternate, each repeat a run of
+    steps (>= 0.5 s, 0.25 s quick) of one then of the other, which goes first flipping every
+    repeat; we quote the median images/s of each and the median of the per-repeat ratios
+    ours/PyTorch (the speedup: above 1, ours is faster). The rate against the machine's SGEMM
+    ceiling (measured in the same run, NumPy's BLAS and PyTorch's) is the step's GEMM FLOPs
+    (engine.measure.step_flops) over its time. Then where our LeNet batch-256 step's time
+    goes, node by node."""
+    torch = torch_or_none()
+    ceiling = cpu_sgemm_gflops()
+    log(f"train: CPU SGEMM ceiling at {ceiling['sgemm_n']}^3: NumPy {ceiling['numpy_sgemm_GFLOPs']:.1f} GFLOP/s"
+        + (f", PyTorch {ceiling['torch_sgemm_GFLOPs']:.1f} GFLOP/s" if "torch_sgemm_GFLOPs" in ceiling else ""))
+    rows = [{"suite": "train", "device": "cpu", "ceiling": ceiling}]
+    repeats, seconds = (3, 0.25) if quick else (7, 0.5)
+    for name, batch in CPU_PLANS[:2] if quick else CPU_PLANS:
+        ours, executor = our_train_step(name, batch, "cpu", with_executor=True)
+        theirs = torch_train_step(name, batch, "cpu") if torch is not None else None
+        rates, ratios = {"ours": [], "torch-eager": []}, []
+        for r in range(repeats):
+            pair = [("ours", ours), ("torch-eager", theirs)]
+            for label, step in (pair if r % 2 == 0 else pair[::-1]):
+                if step is not None:
+                    rates[label].append(images_per_second(step, batch, seconds, warmup=3 if r == 0 else 1))
+            if theirs is not None:
+                ratios.append(rates["ours"][-1] / rates["torch-eager"][-1])
+        gflop = step_flops(executor, batch) / 1e9
+        for label, measured in rates.items():
+            if not measured:
+                continue
+            ips = statistics.median(measured)
+            row = {"suite": "train", "model": name, "batch": batch, "device": "cpu", "impl": label,
+                   "images_per_s": ips, "repeats": repeats, "step_gflop": gflop,
+                   "gflops": gflop * ips / batch,
+                   "of_numpy_sgemm": gflop * ips / batch / ceiling["numpy_sgemm_GFLOPs"]}
+            if "torch_sgemm_GFLOPs" in ceiling:
+                row["of_torch_sgemm"] = gflop * ips / batch / ceiling["torch_sgemm_GFLOPs"]
+            if label == "ours" and ratios:
+                row["speedup_vs_torch"] = statistics.median(ratios)
+            rows.append(row)
+            speedup = f"  x{row['speedup_vs_torch']:.2f} vs PyTorch (median of {repeats} ratios)" \
+                if "speedup_vs_torch" in row else ""
+            log(f"train {name} batch {batch} cpu {label:14} {ips:7.0f} images/s  {row['gflops']:5.1f} GFLOP/s "
+                f"= {100 * row['of_numpy_sgemm']:3.0f}% of NumPy's SGEMM{speedup}")
+        if (name, batch) == ("lenet", 256):
+            x, y = _synthetic(name, batch, 10)
+            profile = step_profile(executor, x, y, steps=10 if quick else 30)
+            rows.append({"suite": "train", "model": name, "batch": batch, "device": "cpu", "profile": profile})
+            log(f"train {name} batch {batch} cpu: where a step's time goes (median ms per node, "
+                f"sum {sum(p['ms'] for p in profile):.2f} ms)")
+            for p in profile:
+                log(f"    {p['pass']:8} {p['node']:28} {p['ms']:7.3f}")
     return rows

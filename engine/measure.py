@@ -199,6 +199,81 @@ def images_per_second(step: Callable, batch: int, seconds: float = 3.0, warmup: 
     return n * batch / (time.perf_counter() - start)
 
 
+def cpu_sgemm_gflops(n: int = 1024, repeats: int = 7) -> dict:
+    """The CPU's measured arithmetic ceiling: SGEMM at n^3 on every core, NumPy's BLAS and
+    (when installed) PyTorch's, in GFLOP/s (median over repeats)."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n)).astype(np.float32) for _ in range(2))
+    c = np.empty((n, n), np.float32)
+    rates = {"sgemm_n": n}
+    contenders = {"numpy_sgemm_GFLOPs": lambda: np.dot(a, b, out=c)}
+    torch = torch_or_none()
+    if torch is not None:
+        ta, tb, tc = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(c)
+        contenders["torch_sgemm_GFLOPs"] = lambda: torch.mm(ta, tb, out=tc)
+    for key, fn in contenders.items():
+        fn()
+        rates[key] = 2.0 * n ** 3 / statistics.median(_time_once(fn, 1) for _ in range(repeats)) / 1e9
+    return rates
+
+
+def step_flops(executor, batch: int) -> float:
+    """Floating-point operations of one training step: 2 per multiply-add of every conv and
+    linear product, forward, weight gradient and (where backward needs it) data gradient."""
+    from engine import nn
+    total = 0.0
+    for b in executor.plan(batch, "train").bound:
+        if not isinstance(b.layer, (nn.Conv2d, nn.Linear)):
+            continue
+        w = b.layer.params["weight"]
+        per_pass = 2.0 * np.prod(b.y.shape) * np.prod(w.shape[1:])  # every output: one dot of len C*R*S or I
+        passes = 1 + (b.needs_backward and b.g.get("weight") is not None) + (b.needs_backward and b.dx[0] is not None)
+        total += per_pass * passes
+    return total
+
+
+def step_profile(executor, x, y, steps: int = 20) -> list[dict]:
+    """Where a training step's time goes: the median milliseconds of every node's forward and
+    backward and of the optimizer update over `steps` steps (after one untimed step), in
+    execution order. The layers' own forward/backward are wrapped for the measurement only."""
+    executor.train_step(x, y)
+    plan, times = executor.plan(len(x), "train"), {}
+    layers = {id(b.layer): b.layer for b in plan.bound}
+
+    def timed(method, kind):
+        def run(bk, n):
+            start = time.perf_counter()
+            method(bk, n)
+            times.setdefault((kind, n.node.index), []).append(time.perf_counter() - start)
+        return run
+
+    optimizer_step = executor.optimizer.step
+
+    def timed_update(*args, **kwargs):
+        start = time.perf_counter()
+        optimizer_step(*args, **kwargs)
+        times.setdefault(("update", len(plan.bound)), []).append(time.perf_counter() - start)
+
+    for layer in layers.values():
+        layer.forward, layer.backward = timed(layer.forward, "forward"), timed(layer.backward, "backward")
+    executor.optimizer.step = timed_update
+    try:
+        for _ in range(steps):
+            executor.train_step(x, y)
+    finally:
+        for layer in layers.values():
+            del layer.forward, layer.backward  # the class's methods again
+        del executor.optimizer.step
+    order = {"forward": 0, "backward": 1, "update": 2}
+    rows = []
+    for (kind, i), ts in sorted(times.items(), key=lambda kv: (order[kv[0][0]], kv[0][1] * (-1 if kv[0][0] == "backward" else 1))):
+        name = plan.bound[i].layer.name if i < len(plan.bound) else type(executor.optimizer).__name__
+        if i < len(plan.bound) and plan.bound[i].relu:
+            name += "+ReLU"
+        rows.append({"node": name, "pass": kind, "ms": 1e3 * statistics.median(ts)})
+    return rows
+
+
 # --------------------------------------------------------------------------------------
 # Results files.
 
