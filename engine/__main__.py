@@ -658,8 +658,15 @@ def _dispatch(argv: list) -> int:
     except SystemExit as e:  # --help (0) or a mistake argparse found (2, one line already printed)
         return int(e.code or 0)
     if distributed.launched():  # under mpiexec: only rank 0 prints; a failing rank ends every rank
-        return distributed.run_command(args.func, args)
-    return args.func(args)
+        return distributed.run_command(_run, args)
+    return _run(args)
+
+
+def _run(args) -> int:
+    from tqdm.auto import tqdm
+    from engine.cpu.compiling import report_compilation
+    with report_compilation(log=tqdm.write):  # a first run compiles its kernels: say so (above a progress bar)
+        return args.func(args)
 
 
 def main(argv=None) -> int:
