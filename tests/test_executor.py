@@ -339,3 +339,26 @@ def test_activation_layers_train_like_pytorch(layer, torch_layer):
 def test_gelu_layer_refuses_an_unknown_approximation():
     with pytest.raises(ValueError, match=r"GELU: approximate must be one of \['none', 'tanh'\], got 'exact'"):
         nn.GELU("exact")
+
+
+def test_step_flops_and_profile_of_a_lenet_step():
+    # engine.measure, used by the training benchmark: the GEMM FLOPs of a step counted by
+    # hand, and a time for every node's forward and backward and the update, in order
+    from engine.measure import step_flops, step_profile
+    n = 4
+    ex = Executor(lenet5(), (1, 28, 28), optimizer=SGD(lr=0.01))
+    conv1 = 2 * n * 6 * 28 * 28 * 25 * 2          # forward + weight gradient (the input needs none)
+    conv2 = 2 * n * 16 * 10 * 10 * 150 * 3
+    dense = sum(2 * n * o * i * 3 for i, o in ((400, 120), (120, 84), (84, 10)))
+    assert step_flops(ex, n) == conv1 + conv2 + dense
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((n, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, n)
+    before = ex.params_flat.copy()
+    rows = step_profile(ex, x, y, steps=2)
+    nodes = len(ex.plan(n, "train").bound)
+    assert [r["pass"] for r in rows] == ["forward"] * nodes + ["backward"] * nodes + ["update"]
+    assert rows[0]["node"].startswith("Conv2d") and rows[0]["node"].endswith("+ReLU")  # fused
+    assert rows[nodes]["node"] == rows[nodes - 1]["node"]  # backward starts at the last node
+    assert all(r["ms"] >= 0 for r in rows)
+    assert not np.array_equal(ex.params_flat, before)  # it trained: real steps were timed
+    assert "forward" not in vars(ex.layers[0]) and "step" not in vars(ex.optimizer)  # unwrapped

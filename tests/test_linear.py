@@ -6,6 +6,7 @@ where torch is installed, against torch.nn.functional.linear.
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 
@@ -150,3 +151,36 @@ def test_numba_is_deterministic():
             first = call(None)
             for _ in range(3):
                 np.testing.assert_array_equal(call(None), first, err_msg=f"{name}: differs between runs")
+
+
+@pytest.mark.parametrize("n,i,o", [(256, 400, 120), (33, 1000, 77), (2, 4096, 1000)])
+def test_products_split_over_threads_match_reference(n, i, o):
+    # big enough for engine.cpu.blas to split them (the random configs above stay whole):
+    # each thread takes a slice of the weight's rows (forward, dw) or columns (dx)
+    from engine.cpu import blas
+    assert blas.parts(o, n * i * o) == min(numba.get_num_threads(), o) and n * i * o >= blas.SPLIT_MIN_MACS
+    rng = rng_for(n + i + o)
+    x, w, b, dy = (rng.standard_normal(s).astype(np.float32) for s in ((n, i), (o, i), (o,), (n, o)))
+    what = f"x ({n}, {i}) w ({o}, {i})"
+    assert_close(fast.linear_forward(x, w, b), ref.linear_forward(x, w, b), **tol("linear", "float32"),
+                 what=f"linear_forward {what}")
+    assert_close(fast.linear_backward_data(dy, w), ref.linear_backward_data(dy, w), **tol("linear", "float32"),
+                 what=f"linear_backward_data {what}")
+    assert_close(fast.linear_backward_weight(dy, x), ref.linear_backward_weight(dy, x),
+                 **tol("linear", "float32"), what=f"linear_backward_weight {what}")
+
+
+def test_split_ops_leave_blas_threads_as_they_were():
+    # the CPU ops hold BLAS to one thread while they run their own threads, then restore it
+    from engine.cpu import blas
+    before, seen = blas.blas_threads(), []
+
+    def work(i0, i1):
+        seen.append(blas.blas_threads())
+        return i1 - i0
+
+    assert blas.run_parts(work, [0, 3, 7]) == [3, 4]
+    assert all(counts == [1] * len(before) for counts in seen), f"BLAS threads inside the parts: {seen}"
+    assert blas.blas_threads() == before
+    fast.linear_backward_weight(np.ones((256, 120), np.float32), np.ones((256, 400), np.float32))
+    assert blas.blas_threads() == before

@@ -57,11 +57,20 @@ def bounds(count: int, n_parts: int) -> list[int]:
     return [count * i // n_parts for i in range(n_parts + 1)]
 
 
-def _set_blas_threads(counts) -> list:
+def _libraries() -> list:
     global _blas
-    if _blas is None:
+    if _blas is None:  # the BLAS libraries loaded when the first op runs: NumPy's among them
         _blas = ThreadpoolController().select(user_api="blas").lib_controllers
-    previous = [lib.get_num_threads() for lib in _blas]
+    return _blas
+
+
+def blas_threads() -> list[int]:
+    """The thread count of each BLAS library the ops hold to one thread while they run."""
+    return [lib.get_num_threads() for lib in _libraries()]
+
+
+def _set_blas_threads(counts) -> list:
+    previous = blas_threads()
     for lib, n in zip(_blas, counts if counts is not None else [1] * len(_blas)):
         if n:
             lib.set_num_threads(n)

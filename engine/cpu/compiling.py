@@ -45,4 +45,5 @@ def report_compilation(log=print):
             yield reporter
         finally:
             if reporter.count:
-                log(f"compiled {reporter.count} CPU kernels in {reporter.seconds:.1f} s (cached for later runs)")
+                kernels = "kernel" if reporter.count == 1 else "kernels"
+                log(f"compiled {reporter.count} CPU {kernels} in {reporter.seconds:.1f} s (cached for later runs)")
