@@ -12,9 +12,11 @@ single big product that cannot be split (a convolution of one large sample): BLA
 its threads for it.
 
 `parts()` says into how many parts to split; `run_parts(work, bounds)` runs
-work(bounds[i], bounds[i + 1]) for every part, part 0 on the calling thread, and returns
-the results in order. Results depend on the thread count (how the work is split), never on
-scheduling.
+work(bounds[i], bounds[i + 1]) for every part and returns the results in part order. The
+calling thread and the pool's take the next part not yet taken, so with a few parts per
+thread a thread that the machine delays (a busy machine deschedules one now and then) holds
+the others up by one part at most. Results depend on how the work is split (the part
+bounds), never on which thread ran a part.
 """
 from __future__ import annotations
 
@@ -44,12 +46,12 @@ def _forget_pool_after_fork():
 os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
-def parts(count: int, macs: float) -> int:
+def parts(count: int, macs: float, per_thread: int = 1) -> int:
     """How many parts to split `count` units of work (samples, rows) of `macs` multiply-adds
-    in all into: one per Numba thread, at most one per unit, one when the work is small."""
+    in all into: per_thread per Numba thread, at most one per unit, one when the work is small."""
     if macs < SPLIT_MIN_MACS:
         return 1
-    return max(1, min(nb.get_num_threads(), count))
+    return max(1, min(nb.get_num_threads() * per_thread, count))
 
 
 def bounds(count: int, n_parts: int) -> list[int]:
@@ -78,26 +80,39 @@ def _set_blas_threads(counts) -> list:
 
 
 def run_parts(work, part_bounds: list[int], blas_threads: bool = False) -> list:
-    """[work(b[0], b[1]), work(b[1], b[2]), ...], the parts on the pool's threads, BLAS on one
-    thread meanwhile (blas_threads=True, for a single part only: BLAS keeps its own threads).
-    work must not call run_parts itself."""
+    """[work(b[0], b[1]), work(b[1], b[2]), ...], the parts taken in turn by the calling
+    thread and the pool's (one per Numba thread in all), BLAS on one thread meanwhile
+    (blas_threads=True, for a single part only: BLAS keeps its own threads). work must not
+    call run_parts itself."""
     global _pool, _pool_size
     n_parts = len(part_bounds) - 1
     if n_parts == 1 and blas_threads:
         return [work(part_bounds[0], part_bounds[1])]
+    helpers = min(nb.get_num_threads(), n_parts) - 1
+    results, taken, next_part = [None] * n_parts, threading.Lock(), iter(range(n_parts))
+
+    def take_parts():
+        while True:
+            with taken:
+                i = next(next_part, None)
+            if i is None:
+                return
+            results[i] = work(part_bounds[i], part_bounds[i + 1])
+
     with _lock:
-        if _pool_size < n_parts - 1:  # created on first use, grown if Numba's thread count grows
+        if _pool_size < helpers:  # created on first use, grown if Numba's thread count grows
             if _pool is not None:
                 _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(max_workers=n_parts - 1, thread_name_prefix="engine-cpu")
-            _pool_size = n_parts - 1
+            _pool = ThreadPoolExecutor(max_workers=helpers, thread_name_prefix="engine-cpu")
+            _pool_size = helpers
         previous = _set_blas_threads(None)
         try:
-            futures = [_pool.submit(work, part_bounds[i], part_bounds[i + 1]) for i in range(1, n_parts)]
+            futures = [_pool.submit(take_parts) for _ in range(helpers)]
             try:
-                first = work(part_bounds[0], part_bounds[1])  # the caller does part 0 itself
+                take_parts()
             finally:
-                rest = [f.result() for f in futures]          # every part ends before BLAS is reset
-            return [first] + rest
+                for f in futures:  # every part ends before BLAS is reset; a part's error is raised
+                    f.result()
+            return results
         finally:
             _set_blas_threads(previous)

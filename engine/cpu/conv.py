@@ -17,16 +17,17 @@ How the work is split (measured at the LeNet shapes, batch 256, on 2 cores):
 * The batch is walked in chunks of a few samples, so one chunk's cols (<= _CHUNK_BYTES)
   is still in cache when the GEMM reads it, and AlexNet-sized layers do not allocate
   hundreds of MiB of columns.
-* The batch is split into one contiguous part per Numba thread, run on engine.cpu.blas's
-  thread pool with BLAS held to one thread; the Numba kernels on that path release the
-  GIL (nogil) and run serially inside their part. Only a single sample (nothing to split)
+* The batch is split into a few contiguous parts per Numba thread, which the threads of
+  engine.cpu.blas take in turn, with BLAS held to one thread; the Numba kernels on that
+  path release the GIL (nogil) and run serially inside their part. Only a single sample (nothing to split)
   lets BLAS thread its GEMMs. Mixing both (parallel Numba loops between threaded GEMMs) was
   1.3-2x slower, and collapsed on a busy machine, where spinning thread pools fight.
 * The public im2col / col2im ops run alone, so they use parallel=True kernels.
 
 Results are deterministic: every sample is computed by one thread, and the weight
 gradient adds per-sample products in a fixed order per part, then the parts in order
-(so the bits depend on the thread count, not on scheduling).
+(so the bits depend on how many parts there are -- the thread count -- not on which
+thread took which part).
 """
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ from engine.shapes import window_output_hw
 _CHUNK_BYTES = 2 << 20
 # OpenBLAS runs a GEMM on one thread when M*N*K is at most 65536 * GEMM_MULTITHREAD_THRESHOLD (4)
 _BLAS_SERIAL_MACS = 65536 * 4
+# the batch in a few parts per thread, taken in turn: a thread the machine delays holds the
+# others up by one part at most
+_PARTS_PER_THREAD = 4
 
 
 def _empty(shape, out):
@@ -197,10 +201,11 @@ def gemm(a, b, trans_a=False, trans_b=False, out=None):
 
 
 def _split_batch(work, n, per_sample_macs, per_sample_bytes):
-    """Run work(n0, n1, chunk) over contiguous parts of range(n) (engine.cpu.blas); return
-    the results in order. `chunk` is how many samples work should take at a time."""
+    """Run work(n0, n1, chunk) over contiguous parts of range(n), a few per thread
+    (engine.cpu.blas); return the results in order. `chunk` is how many samples work should
+    take at a time."""
     chunk = max(1, min(n, _CHUNK_BYTES // max(1, per_sample_bytes)))
-    n_parts = blas.parts(n, n * per_sample_macs)
+    n_parts = blas.parts(n, n * per_sample_macs, per_thread=_PARTS_PER_THREAD)
     return blas.run_parts(lambda n0, n1: work(n0, n1, chunk), blas.bounds(n, n_parts),
                           blas_threads=n_parts == 1 and per_sample_macs > _BLAS_SERIAL_MACS)
 
