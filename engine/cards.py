@@ -304,7 +304,8 @@ class Elementwise:
     and are compiled by Numba (write them with the math module and plain arithmetic), with
     the arguments of the CUDA pair <name>_forward / <name>_backward in kernels/activation.cu:
     a, b are the row's parameters, 0.0 when it has fewer. `saves` says which value backward
-    takes: the forward's output "y" (the executor keeps it anyway) or its input "x"."""
+    takes: the forward's output "y" (the executor keeps it anyway) or its input "x". Its
+    counterparts elsewhere: what PyTorch runs for it, and the ONNX nodes that compute it."""
     name: str
     forward: Callable
     backward: Callable
@@ -316,6 +317,9 @@ class Elementwise:
     scale: float = 1.0          # x ~ N(0, scale^2) when inputs are drawn
     torch_forward: Callable | None = None   # (T, x, *params) -> result
     torch_backward: Callable | None = None  # (T, dy, saved, *params) -> dx
+    # (w, x, out, path, *params): writes the ONNX nodes computing the forward from value x into
+    # value out, with engine/export.py's writer w (w.node, w.step, w.constant)
+    onnx: Callable | None = None
 
     def cards(self) -> list[OpCard]:
         return [OpCard(f"{self.name}_forward", self._reference("forward"), Tensor, self._make_forward, ("y",),

@@ -16,13 +16,13 @@ a row is refused, naming it. A new layer kind adds its row here (CONTRIBUTING.md
 """
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
 
 from engine import nn
 from engine.graph import Add, layer_paths, trace
+from engine.reference.activation import ROWS
 from engine.shapes import adaptive_window
 
 OPSET, IR_VERSION = 17, 8
@@ -123,19 +123,13 @@ def _batch_norm(w, layer, path, xs, out, shapes):
     w.node("BatchNormalization", [xs[0], *names], out, epsilon=float(layer.eps))
 
 
-def _gelu(w, layer, path, xs, out, shapes):
-    x = xs[0]
-    if layer.approximate == "tanh":  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-        cube = w.step("Mul", [w.step("Mul", [x, x], f"{path}.x2"), x], f"{path}.x3")
-        inner = w.step("Add", [x, w.step("Mul", [cube, w.constant(f"{path}.c", 0.044715)], f"{path}.cx3")],
-                       f"{path}.inner")
-        core = w.step("Tanh", [w.step("Mul", [inner, w.constant(f"{path}.k", math.sqrt(2 / math.pi))],
-                                      f"{path}.scaled")], f"{path}.tanh")
-    else:  # 0.5 x (1 + erf(x / sqrt 2)); ONNX has Gelu only from opset 20
-        core = w.step("Erf", [w.step("Div", [x, w.constant(f"{path}.sqrt2", math.sqrt(2))], f"{path}.scaled")],
-                      f"{path}.erf")
-    one_plus = w.step("Add", [core, w.constant(f"{path}.one", 1.0)], f"{path}.one_plus")
-    w.node("Mul", [w.step("Mul", [x, one_plus], f"{path}.x_one_plus"), w.constant(f"{path}.half", 0.5)], out)
+def _elementwise(w, layer, path, xs, out, shapes):
+    # an activation of the elementwise table: its row says which ONNX nodes compute it
+    row = ROWS[layer.op]
+    if row.onnx is None:
+        raise ValueError(f"export: no ONNX nodes for the elementwise row {row.name!r} (layer {path}); give "
+                         f"its row an onnx= (engine/reference/activation.py, see CONTRIBUTING.md)")
+    row.onnx(w, xs[0], out, path, *layer.args)
 
 
 def _simple(op: str, **attributes):
@@ -152,11 +146,7 @@ ONNX_NODES = {
     nn.AdaptiveAvgPool2d: _adaptive_avg_pool,
     nn.BatchNorm2d: _batch_norm,
     nn.BatchNorm1d: _batch_norm,
-    nn.ReLU: _simple("Relu"),
-    nn.LeakyReLU: lambda w, layer, path, xs, out, shapes: w.node("LeakyRelu", xs, out, alpha=layer.negative_slope),
-    nn.Sigmoid: _simple("Sigmoid"),
-    nn.Tanh: _simple("Tanh"),
-    nn.GELU: _gelu,
+    nn.Elementwise: _elementwise,  # ReLU, LeakyReLU, Sigmoid, Tanh, GELU: each row names its nodes
     nn.Dropout: _simple("Identity"),  # eval mode
     nn.Flatten: _simple("Flatten", axis=1),
     Add: _simple("Add"),

@@ -113,6 +113,9 @@ def test_every_layer_of_engine_nn_has_a_row():
     losses = set(nn.LOSSES.values())
     missing = {cls.__name__ for cls in layers - losses if not any(base in ONNX_NODES for base in cls.__mro__)}
     assert not missing, f"no ONNX mapping for {sorted(missing)}"
+    # an activation is a row of the elementwise table, which names its ONNX nodes itself
+    from engine.reference.activation import ELEMENTWISE
+    assert not [row.name for row in ELEMENTWISE if row.onnx is None], "elementwise rows without onnx="
 
 
 def test_a_layer_without_a_mapping_is_refused_by_name(tmp_path):

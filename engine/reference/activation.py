@@ -53,6 +53,28 @@ def _gelu_tanh_backward_scalar(dy, x, a, b):  # one element, for Numba: the two 
     return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _TANH_K * (1.0 + 3.0 * _TANH_C * x * x))
 
 
+def _onnx_node(op: str):
+    """The row's ONNX form when it is one ONNX op on x (its parameters as that op's attributes)."""
+    def write(w, x, out, path, *params):
+        w.node(op, [x], out)
+    return write
+
+
+def _gelu_onnx(w, x, out, path, tanh: bool = False):
+    # ONNX has Gelu only from opset 20: written out, exact or as the tanh approximation
+    if tanh:  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        cube = w.step("Mul", [w.step("Mul", [x, x], f"{path}.x2"), x], f"{path}.x3")
+        inner = w.step("Add", [x, w.step("Mul", [cube, w.constant(f"{path}.c", _TANH_C)], f"{path}.cx3")],
+                       f"{path}.inner")
+        core = w.step("Tanh", [w.step("Mul", [inner, w.constant(f"{path}.k", _TANH_K)], f"{path}.scaled")],
+                      f"{path}.tanh")
+    else:  # 0.5 x (1 + erf(x / sqrt 2))
+        core = w.step("Erf", [w.step("Div", [x, w.constant(f"{path}.sqrt2", math.sqrt(2))], f"{path}.scaled")],
+                      f"{path}.erf")
+    one_plus = w.step("Add", [core, w.constant(f"{path}.one", 1.0)], f"{path}.one_plus")
+    w.node("Mul", [w.step("Mul", [x, one_plus], f"{path}.x_one_plus"), w.constant(f"{path}.half", 0.5)], out)
+
+
 # The rows. NaN passes through relu (as np.maximum and torch.relu): a NaN activation must
 # reach the loss, where training stops on it. The subgradient at 0 is 0, as PyTorch's.
 ELEMENTWISE = [
@@ -62,28 +84,32 @@ ELEMENTWISE = [
                 scalar_forward=lambda x, a, b: 0.0 if x <= 0 else x,
                 scalar_backward=lambda dy, y, a, b: dy if y > 0 else 0.0,
                 torch_forward=lambda T, x: T.F.relu(x),
-                torch_backward=lambda T, dy, y: T.aten.threshold_backward(dy, y, 0)),
+                torch_backward=lambda T, dy, y: T.aten.threshold_backward(dy, y, 0),
+                onnx=_onnx_node("Relu")),
     Elementwise("leaky_relu", saves="x", params=("negative_slope",), example=(0.01,),
                 forward=lambda x, slope: np.where(x > 0, x, slope * x),
                 backward=lambda dy, x, slope: dy * np.where(x > 0, 1.0, slope),
                 scalar_forward=lambda x, slope, b: x if x > 0 else slope * x,
                 scalar_backward=lambda dy, x, slope, b: dy if x > 0 else slope * dy,
                 torch_forward=lambda T, x, slope: T.F.leaky_relu(x, slope),
-                torch_backward=lambda T, dy, x, slope: T.aten.leaky_relu_backward(dy, x, slope, False)),
+                torch_backward=lambda T, dy, x, slope: T.aten.leaky_relu_backward(dy, x, slope, False),
+                onnx=lambda w, x, out, path, slope: w.node("LeakyRelu", [x], out, alpha=slope)),
     Elementwise("sigmoid", scale=3.0,
                 forward=_sigmoid,
                 backward=lambda dy, y: dy * y * (1.0 - y),
                 scalar_forward=_sigmoid_scalar,
                 scalar_backward=lambda dy, y, a, b: dy * y * (1 - y),
                 torch_forward=lambda T, x: T.torch.sigmoid(x),
-                torch_backward=lambda T, dy, y: T.aten.sigmoid_backward(dy, y)),
+                torch_backward=lambda T, dy, y: T.aten.sigmoid_backward(dy, y),
+                onnx=_onnx_node("Sigmoid")),
     Elementwise("tanh", scale=2.0,
                 forward=np.tanh,
                 backward=lambda dy, y: dy * (1.0 - y * y),
                 scalar_forward=lambda x, a, b: np.tanh(x),
                 scalar_backward=lambda dy, y, a, b: dy * (1 - y * y),
                 torch_forward=lambda T, x: T.torch.tanh(x),
-                torch_backward=lambda T, dy, y: T.aten.tanh_backward(dy, y)),
+                torch_backward=lambda T, dy, y: T.aten.tanh_backward(dy, y),
+                onnx=_onnx_node("Tanh")),
     # GELU, exact: x * Phi(x), Phi the standard normal CDF (torch's approximate='none')
     Elementwise("gelu", saves="x", scale=2.0,
                 forward=lambda x: 0.5 * x * (1.0 + _erf(x * _SQRT_HALF)),
@@ -93,7 +119,8 @@ ELEMENTWISE = [
                 scalar_backward=lambda dy, x, a, b: dy * (0.5 * (1.0 + math.erf(x * _SQRT_HALF))
                                                     + x * _INV_SQRT_2PI * math.exp(-0.5 * x * x)),
                 torch_forward=lambda T, x: T.F.gelu(x),
-                torch_backward=lambda T, dy, x: T.aten.gelu_backward(dy, x)),
+                torch_backward=lambda T, dy, x: T.aten.gelu_backward(dy, x),
+                onnx=_gelu_onnx),
     # GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (approximate='tanh')
     Elementwise("gelu_tanh", saves="x", scale=2.0,
                 forward=lambda x: 0.5 * x * (1.0 + np.tanh(_gelu_tanh_inner(x))),
@@ -101,7 +128,8 @@ ELEMENTWISE = [
                 scalar_forward=lambda x, a, b: 0.5 * x * (1.0 + math.tanh(_TANH_K * (x + _TANH_C * x * x * x))),
                 scalar_backward=_gelu_tanh_backward_scalar,
                 torch_forward=lambda T, x: T.F.gelu(x, approximate="tanh"),
-                torch_backward=lambda T, dy, x: T.aten.gelu_backward(dy, x, approximate="tanh")),
+                torch_backward=lambda T, dy, x: T.aten.gelu_backward(dy, x, approximate="tanh"),
+                onnx=lambda w, x, out, path: _gelu_onnx(w, x, out, path, tanh=True)),
 ]
 ROWS = {row.name: row for row in ELEMENTWISE}
 
