@@ -113,7 +113,8 @@ def plot_confusion_matrix(cm, class_names, path, normalize: bool = False) -> str
     fig = Figure(figsize=(side + 1.0, side), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(values, cmap="Blues", vmin=0.0)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04,
+                 label="share of the true class" if normalize else "images")
     long_names = max(map(len, names)) > 2  # slant long names so neighbours do not overlap
     ax.set_xticks(np.arange(k), labels=names, rotation=45 if long_names else 0,
                   ha="right" if long_names else "center")
