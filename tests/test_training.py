@@ -285,6 +285,8 @@ def test_fit_refuses_arguments_in_the_wrong_place():
     ex = make()
     with pytest.raises(TypeError, match=r"fit: train must be a DataLoader .*got tuple"):
         fit(ex, (x, y), epochs=1, progress=False, log=lambda s: None)
+    with pytest.raises(TypeError, match=r"fit: the first argument must be an Executor .*got DataLoader"):
+        fit(DataLoader(x, y, 16), ex, epochs=1, progress=False, log=lambda s: None)
     with pytest.raises(TypeError, match=r"fit: val must be an \(x, y\) pair of arrays, got DataLoader \(pass"):
         fit(ex, DataLoader(x, y, 16), epochs=1, val=DataLoader(x, y, 16), progress=False, log=lambda s: None)
     with pytest.raises(TypeError, match="Executor: the input must be float images, .*got dtype uint8"):
