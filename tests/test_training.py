@@ -53,6 +53,10 @@ def test_resume_from_checkpoint_reproduces_an_uninterrupted_run(tmp_path):
                   schedule=Cosine(4), checkpoint=path, resume=True, progress=False, log=lambda s: None)
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
         assert resumed[key] == full[key], key  # exactly, not approximately
+    said = []
+    fit(make(), DataLoader(x, y, 16, seed=2), epochs=1, checkpoint=str(tmp_path / "new.npz"), resume=True,
+        progress=False, log=said.append)  # --resume before the first checkpoint: a new run, and it says so
+    assert said[0] == f"resume: no checkpoint at {tmp_path / 'new.npz'} yet; a new run starts (and writes it)"
 
 
 def test_nonfinite_loss_stops_with_the_step_named():
