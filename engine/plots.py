@@ -51,7 +51,9 @@ def _series(history: dict, key: str, required: bool) -> list[float] | None:
     except (TypeError, ValueError) as e:
         raise TypeError(f"plot_history: history[{key!r}] must be a list of numbers: {e}") from e
     if not values:
-        raise ValueError(f"plot_history: history[{key!r}] is empty")
+        if required:
+            raise ValueError(f"plot_history: history[{key!r}] is empty")
+        return None  # fit's History without validation data keeps empty val_ lists
     return values
 
 
