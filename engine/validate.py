@@ -261,14 +261,13 @@ def main(argv=None) -> int:
     if args.op:
         unknown = sorted(set(args.op) - set(OPS))
         if unknown:
-            print(f"validate: unknown op(s) {unknown}; expected names from engine.ops.OPS", file=sys.stderr)
-            return 2
+            raise ValueError(f"validate: --op: unknown op(s) {unknown}; expected names from engine.ops.OPS "
+                             f"(e.g. {sorted(OPS)[0]})")
     exposures, notes = exposures_to_run(args.backend)
     for note in notes:
         print(note)
     if not exposures:
-        print(f"validate: nothing to check: {args.backend} cannot run here")
-        return 2
+        raise ValueError(f"validate: --backend {args.backend}: nothing to check, it cannot run here")
 
     backends = {}
     for name in exposures:
