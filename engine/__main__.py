@@ -226,6 +226,9 @@ def _weights_and_freezing(args, ex, weights) -> None:
         if not isinstance(ex.model, Model):
             raise ValueError(f"--freeze: {args.model} is a single layer; there is nothing to freeze up to")
         frozen = freeze(ex.model, args.freeze)
+        if ex.num_trainable_params() == 0:
+            raise ValueError(f"--freeze {args.freeze}: that freezes every layer with parameters, and nothing "
+                             f"would train; freeze up to an earlier layer (`summary {args.model}` lists them)")
         print(f"frozen: {frozen[0]} to {frozen[-1]} ({len(frozen)} layers, "
               f"{ex.num_params() - ex.num_trainable_params():,} parameters)")
 

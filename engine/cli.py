@@ -1,7 +1,7 @@
 """What every command line of the engine shares: one-line errors, exit codes, checked numbers.
 
 A user's mistake -- a bad option, a missing file, a path that cannot be written, data that
-does not fit the model -- is one line ``error: ...`` on stderr and exit code 2. A run that
+does not fit the model or in memory -- is one line ``error: ...`` on stderr and exit code 2. A run that
 diverged (NaN/Inf) exits 3. Anything else is a bug of ours: its traceback is printed, as a
 bug report needs it, and the exit code is 70 (EX_SOFTWARE). ``--debug`` (anywhere on the
 command line) or ENGINE_DEBUG=1 prints the traceback of every error.
@@ -102,6 +102,9 @@ def describe(e: BaseException) -> tuple[int, str]:
         return EXIT_INTERRUPTED, "error: interrupted"
     if isinstance(e, FloatingPointError):  # training diverged (engine.training.NonFiniteLoss)
         return EXIT_NONFINITE, f"error: {e}"
+    if isinstance(e, MemoryError):  # what was asked for does not fit in this machine's memory
+        return EXIT_USER, (f"error: out of memory: {e or 'an allocation failed'}; ask for less (a smaller "
+                           f"--batch-size, --image-size, --synthetic-size or model)")
     if isinstance(e, USER_ERRORS):
         message = str(e) or type(e).__name__
         if isinstance(e, OSError) and e.filename and str(e.filename) not in message:

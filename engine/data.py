@@ -20,6 +20,7 @@ import gzip
 import importlib.util
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -283,6 +284,10 @@ def load_mnist_idx(path, mean=None, std=None) -> Dataset:
         raise ValueError(f"{fn}: train images are {x_train.shape[2:]} but test images are {x_test.shape[2:]}")
     if x_train.shape[0] == 0:
         raise ValueError(f"{fn}: the training files in {root} hold no images")
+    untrained = sorted(set(np.unique(y_test).tolist()) - set(np.unique(y_train).tolist()))
+    if untrained:  # a model cannot learn them: a small subset, or files that do not belong together
+        warnings.warn(f"{fn}: the test labels in {root} hold classes the training labels never do: "
+                      f"{untrained[:10]}{' ...' if len(untrained) > 10 else ''}; no model can learn them")
     num_classes = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
     return _make_dataset(fn, x_train, y_train, x_test, y_test,
                          [str(c) for c in range(num_classes)], mean, std)

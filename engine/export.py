@@ -186,9 +186,10 @@ def to_onnx(source, opset: int = OPSET):
     except ImportError:
         raise ValueError("export: writing ONNX needs the onnx package (pip install onnx, or the engine's "
                          "extra: pip install -e '.[onnx]')") from None
-    if not isinstance(opset, int) or opset < OPSET:
-        raise ValueError(f"export: opset must be an int >= {OPSET} (the ops written here are those of opset "
-                         f"{OPSET}), got {opset!r}")
+    newest = onnx.defs.onnx_opset_version()  # a later one is not a released opset: runtimes refuse it
+    if not isinstance(opset, int) or not OPSET <= opset <= newest:
+        raise ValueError(f"export: opset must be an int in [{OPSET}, {newest}] (the ops written here are those of "
+                         f"opset {OPSET}; the installed onnx {onnx.__version__} knows up to {newest}), got {opset!r}")
     ex = _executor_of(source)
     g = trace(ex.model, (1, *ex.input_shape))  # batch 1: the shapes fix the adaptive windows; N stays free
     paths = layer_paths(ex.model)

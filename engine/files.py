@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import tempfile
 
 __all__ = ["check_output_file", "check_output_dir", "atomic_write", "write_json", "strict_json"]
@@ -66,6 +67,7 @@ def atomic_write(path, write) -> None:
         raise FileNotFoundError(f"the directory {directory} of {path} does not exist")
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
+        os.chmod(tmp, _mode_for(path))  # mkstemp makes it 0600: give it what open() would
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -78,6 +80,16 @@ def atomic_write(path, write) -> None:
             pass
         raise
     _fsync_directory(directory)  # make the rename itself durable (POSIX; best effort)
+
+
+def _mode_for(path: str) -> int:
+    """The permissions a file written at path gets: the old file's, else 0666 less the umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _fsync_directory(directory: str) -> None:

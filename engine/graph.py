@@ -38,6 +38,21 @@ class Value:
                             f"{type(other).__name__}; constants belong in a layer")
         return Add()(self, other)
 
+    def _only_add(symbol):
+        def refuse(self, *other):
+            raise TypeError(f"{symbol} on a traced value: tracing records a + b of two traced values (a residual "
+                            f"join, nn.Add) and layers; other arithmetic belongs in a layer (engine.nn)")
+        return refuse
+
+    __sub__ = __rsub__ = _only_add("-")
+    __mul__ = __rmul__ = _only_add("*")
+    __truediv__ = __rtruediv__ = _only_add("/")
+    __matmul__ = __rmatmul__ = _only_add("@")
+    __pow__ = _only_add("**")
+    __neg__ = _only_add("unary -")
+    __radd__ = _only_add("+ with a non-traced left operand")
+    del _only_add
+
 
 class Node:
     """One layer applied to input values, making one output value."""

@@ -51,7 +51,9 @@ def _series(history: dict, key: str, required: bool) -> list[float] | None:
     except (TypeError, ValueError) as e:
         raise TypeError(f"plot_history: history[{key!r}] must be a list of numbers: {e}") from e
     if not values:
-        raise ValueError(f"plot_history: history[{key!r}] is empty")
+        if required:
+            raise ValueError(f"plot_history: history[{key!r}] is empty")
+        return None  # fit's History without validation data keeps empty val_ lists
     return values
 
 
@@ -113,7 +115,8 @@ def plot_confusion_matrix(cm, class_names, path, normalize: bool = False) -> str
     fig = Figure(figsize=(side + 1.0, side), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(values, cmap="Blues", vmin=0.0)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04,
+                 label="share of the true class" if normalize else "images")
     long_names = max(map(len, names)) > 2  # slant long names so neighbours do not overlap
     ax.set_xticks(np.arange(k), labels=names, rotation=45 if long_names else 0,
                   ha="right" if long_names else "center")

@@ -133,6 +133,9 @@ def fit(ex, train, epochs: int, val=None, schedule=None, early_stopping: EarlySt
     checkpoint of another config (see resume_state). on_batch: called after every training step
     as on_batch(step, loss, lr) -- the executor's step count after it, the batch's loss (a
     float) and the learning rate it was taken with -- before a NaN/Inf loss is acted on."""
+    if not hasattr(ex, "train_step"):
+        raise TypeError(f"fit: the first argument must be an Executor (fit(ex, loader, epochs)), got "
+                        f"{type(ex).__name__}")
     epochs = C.integer("fit", "epochs", epochs, minimum=1)
     if on_nonfinite not in ("raise", "stop", "ignore"):
         raise ValueError(f"fit: on_nonfinite must be 'raise', 'stop' or 'ignore', got {on_nonfinite!r}")
@@ -163,6 +166,8 @@ def fit(ex, train, epochs: int, val=None, schedule=None, early_stopping: EarlySt
         if resumed is not None:
             history, start = History(resumed["history"]), int(resumed["epoch"])
             log(f"resumed from {checkpoint} at epoch {start}")
+        else:
+            log(f"resume: no checkpoint at {checkpoint} yet; a new run starts (and writes it)")
 
     from tqdm.auto import tqdm
     xp = ex.xp

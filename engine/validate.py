@@ -261,13 +261,14 @@ def main(argv=None) -> int:
     if args.op:
         unknown = sorted(set(args.op) - set(OPS))
         if unknown:
-            print(f"validate: unknown op(s) {unknown}; expected names from engine.ops.OPS", file=sys.stderr)
+            print(f"error: validate: --op: unknown op(s) {unknown}; expected names from engine.ops.OPS "
+                  f"(e.g. {sorted(OPS)[0]})", file=sys.stderr)  # the CLI's one-line policy (engine.cli)
             return 2
     exposures, notes = exposures_to_run(args.backend)
     for note in notes:
         print(note)
     if not exposures:
-        print(f"validate: nothing to check: {args.backend} cannot run here")
+        print(f"error: validate: --backend {args.backend}: nothing to check, it cannot run here", file=sys.stderr)
         return 2
 
     backends = {}

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from engine.__main__ import main as cli
+from tests.helpers import write_idx, write_mnist_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYN = ["--data", "synthetic", "--synthetic-size", "64", "--epochs", "1", "--no-progress", "--device", "cpu"]
@@ -67,6 +68,14 @@ def place(tmp_path_factory):
     (root / "junk.png").write_text("junk")
     data = (root / "run.ckpt").read_bytes()
     (root / "truncated.ckpt").write_bytes(data[: len(data) // 2])
+    data = (root / "model.npz").read_bytes()
+    (root / "truncated.npz").write_bytes(data[: len(data) // 2])
+    for name in ("idx_counts", "idx_truncated"):
+        (root / name).mkdir()
+        write_mnist_dir(root / name, gz=False)
+    write_idx(root / "idx_counts" / "t10k-labels-idx1-ubyte", [1, 2])  # 5 test images, 2 labels
+    data = (root / "idx_truncated" / "train-images-idx3-ubyte").read_bytes()
+    (root / "idx_truncated" / "train-images-idx3-ubyte").write_bytes(data[:-7])
     return root
 
 
@@ -170,6 +179,8 @@ ROWS = [
     ("weights of another model", ["train", "alexnet-small", *SYN, "--weights", "{p}/model.npz"], USER,
      "a state dict for another model?"),
     ("freeze an unknown layer", ["train", "lenet", *SYN, "--freeze", "nosuch"], USER, "has no layer or block 'nosuch'"),
+    ("freeze every layer", ["train", "lenet", *SYN, "--freeze", "11"], USER,
+     "--freeze 11: that freezes every layer with parameters, and nothing would train"),
     ("save into a missing dir", ["train", "lenet", *SYN, "--save", "{p}/nodir/m.npz"], USER, "--save: the directory"),
     ("patience without validation", ["train", "lenet", "--patience", "2", "--val-split", "0"], USER,
      "--patience needs a validation split"),
@@ -208,6 +219,38 @@ ROWS = [
     ("inspect top zero", ["inspect", "lenet", "{p}/digit.png", "--top", "0"], USER, "--top: expected an integer >= 1"),
     ("inspect a checkpoint as a model file", ["inspect", "{p}/run.ckpt", "{p}/digit.png", "--out", "{p}/inside"], USER,
      "run.ckpt is a training checkpoint (train --checkpoint, for --resume), not a model file"),
+    # found by trying a dozen more mistakes by hand
+    ("image size beyond memory", ["train", "lenet", *SYN, "--image-size", "100000"], USER,
+     "error: out of memory: Unable to allocate"),
+    ("validate unknown op", ["validate", "--op", "nosuch"], USER, "validate: --op: unknown op(s) ['nosuch']"),
+    ("export opset beyond onnx", ["export", "{p}/model.npz", "{p}/m.onnx", "--opset", "99"], USER,
+     "export: opset must be an int in [17, "),
+    ("idx counts differ", ["train", "lenet", "--data", "idx:{p}/idx_counts"], USER,
+     "count mismatch: {p}/idx_counts/t10k-images-idx3-ubyte holds 5 images but"),
+    ("idx file truncated", ["train", "lenet", "--data", "idx:{p}/idx_truncated"], USER,
+     "read_idx: {p}/idx_truncated/train-images-idx3-ubyte declares shape (12, 5, 4)"),
+    ("idx path is a file", ["train", "lenet", "--data", "idx:{p}/idx_counts/train-images-idx3-ubyte"], USER,
+     "no directory {p}/idx_counts/train-images-idx3-ubyte"),
+    ("predict a truncated model file", ["predict", "{p}/truncated.npz", "{p}/digit.png"], USER,
+     "truncated.npz is not a readable model file (truncated"),
+    ("weights truncated", ["train", "lenet", *SYN, "--weights", "{p}/truncated.npz"], USER,
+     "truncated.npz is a damaged zip archive"),
+    ("resume with another schedule", ["train", "lenet", *SYN, "--checkpoint", "{p}/run.ckpt", "--resume",
+                                      "--schedule", "step"], USER,
+     "schedule was 'cosine over 1 epochs', now 'step over 1 epochs'"),
+    ("resume with another data set", ["train", "lenet", *SYN, "--synthetic-size", "128", "--checkpoint",
+                                      "{p}/run.ckpt", "--resume"], USER,
+     "data was 'synthetic (64 images)', now 'synthetic (128 images)'"),
+    ("resume with another epoch count", ["train", "lenet", *SYN, "--epochs", "3", "--checkpoint", "{p}/run.ckpt",
+                                         "--resume"], USER,
+     "schedule was 'cosine over 1 epochs', now 'cosine over 3 epochs'"),
+    ("json under a file", ["train", "lenet", "--json", "{p}/a_file/run.json"], USER, "--json: {p}/a_file is not a"),
+    ("val split leaves nothing to train", ["train", "lenet", *SYN, "--val-split", "0.99"], USER,
+     "--val-split 0.99 of 64 training images leaves 0 to train on"),
+    ("lr-find min-lr nan", ["lr-find", "lenet", "--min-lr", "nan"], USER, "--min-lr: expected a finite number"),
+    ("summary input too small", ["summary", "lenet", "--input-shape", "1,2,2"], USER, "gives an empty output"),
+    ("predict top not a number", ["predict", "{p}/model.npz", "{p}/digit.png", "--top", "two"], USER,
+     "--top: expected an integer, got 'two'"),
     ("inspect a model file with a checkpoint", ["inspect", "{p}/model.npz", "{p}/digit.png", "--checkpoint",
                                                 "{p}/run.ckpt", "--out", "{p}/inside"], USER,
      "is a checkpoint of lenet, not of {p}/model.npz"),

@@ -81,6 +81,17 @@ def test_train_json_keeps_the_losses_of_every_batch_and_plots_every_picture(trai
                      "per_class.png", "predictions.png"]
 
 
+def test_a_run_without_validation_draws_every_picture_and_compares(trained, capsys, tmp_path):
+    """--val-split 0: the History's validation lists are empty; the curves are drawn without them."""
+    assert cli(["train", "lenet", *SYN, "--val-split", "0", "--plots", str(tmp_path / "plots"),
+                "--json", str(tmp_path / "c.json")]) == 0
+    assert sorted(os.listdir(tmp_path / "plots")) == sorted(os.listdir(trained / "plots"))
+    capsys.readouterr()
+    assert cli(["compare", str(trained / "a.json"), str(tmp_path / "c.json"), "--out", str(tmp_path / "c.png")]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "val_split=0," in line)
+    assert row.split()[-3:-1] == ["-", "-"]  # no validation loss nor accuracy to show
+
+
 def test_compare_draws_the_runs_labelled_by_their_learning_rate(trained, capsys):
     out = trained / "compare.png"
     assert cli(["compare", str(trained / "a.json"), str(trained / "b.json"), "--out", str(out)]) == 0

@@ -1,15 +1,14 @@
 """engine.data: the bundled MNIST split, IDX parsing, image folders, synthetic data, the loader."""
 from __future__ import annotations
 
-import gzip
 import json
-import struct
 
 import numpy as np
 import pytest
 
 from engine import data
 from engine.data import DataLoader, load_bundled_mnist, load_image_folder, load_mnist_idx, read_idx, synthetic
+from tests.helpers import write_idx, write_mnist_dir
 
 
 def pixels(x, dataset):
@@ -117,28 +116,15 @@ def test_bundled_mnist_errors(monkeypatch):
 
 # --------------------------------------------------------------------------- IDX
 
-def write_idx(path, array, type_byte=0x08, magic=None):
-    """An IDX file written by hand (independent of engine.data): header then big-endian data."""
-    array = np.asarray(array)
-    dtype = {0x08: ">u1", 0x0C: ">i4", 0x0D: ">f4"}[type_byte]
-    header = magic if magic is not None else struct.pack(">BBBB", 0, 0, type_byte, array.ndim)
-    payload = header + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(dtype).tobytes()
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "wb") as f:
-        f.write(payload)
-
-
-def write_mnist_dir(root, gz: bool, n_train=12, n_test=5, hw=(5, 4), seed=0):
-    rng = np.random.default_rng(seed)
-    suffix = ".gz" if gz else ""
-    arrays = {"train-images-idx3-ubyte": rng.integers(0, 256, (n_train, *hw)),
-              "train-labels-idx1-ubyte": rng.integers(0, 10, n_train),
-              "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, *hw)),
-              "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test)}
-    arrays["train-labels-idx1-ubyte"][:2] = [0, 9]  # both ends of the label range present
-    for name, a in arrays.items():
-        write_idx(root / (name + suffix), a)
-    return arrays
+def test_mnist_idx_says_when_the_test_split_holds_classes_never_trained(tmp_path):
+    arrays = write_mnist_dir(tmp_path, gz=False)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.where(arrays["train-labels-idx1-ubyte"] == 3, 4,
+                                                              arrays["train-labels-idx1-ubyte"]))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", [3, 3, 4, 12, 0])
+    with pytest.warns(UserWarning, match=r"load_mnist_idx: the test labels in .* hold classes the training labels "
+                                         r"never do: \[3, 12\]; no model can learn them"):
+        ds = load_mnist_idx(tmp_path)
+    assert ds.num_classes == 13
 
 
 @pytest.mark.parametrize("gz", [False, True], ids=["raw", "gzip"])

@@ -52,6 +52,23 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out.bin"]  # no temporary file left behind
 
 
+def test_a_written_file_gets_the_permissions_open_would_give_or_keeps_its_own(tmp_path):
+    """mkstemp makes its file 0600; a plot, a model file or a JSON summary must not end up
+    unreadable to the group and others when the umask allows it."""
+    umask = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "new.bin", lambda f: f.write(b"x"))
+        assert os.stat(tmp_path / "new.bin").st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        atomic_write(tmp_path / "private.bin", lambda f: f.write(b"x"))
+        assert os.stat(tmp_path / "private.bin").st_mode & 0o777 == 0o600
+        os.chmod(tmp_path / "new.bin", 0o640)  # a file written again keeps what its owner gave it
+        atomic_write(tmp_path / "new.bin", lambda f: f.write(b"y"))
+        assert os.stat(tmp_path / "new.bin").st_mode & 0o777 == 0o640
+    finally:
+        os.umask(umask)
+
+
 def test_json_is_strict_and_says_where_it_was_not_finite(tmp_path):
     doc = {"loss": [0.5, float("nan")], "best": np.float32(np.inf), "arr": np.array([1.0, -np.inf]),
            "n": np.int64(3), "ok": 1.5, "name": "run"}

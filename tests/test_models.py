@@ -114,6 +114,18 @@ def test_residual_joins_are_written_with_plus():
     with pytest.raises(TypeError, match=r"\+ on traced values joins two of them .* got int"):
         trace(Bad(), (1, 2, 5, 5))
 
+    for other in (lambda h: h * 2, lambda h: 2 * h, lambda h: h - h, lambda h: -h, lambda h: 1 + h):
+        class Arithmetic(Model):
+            def __init__(self):
+                self.conv = nn.Conv2d(2, 2, 3, padding=1)
+
+            def forward(self, x):
+                return other(self.conv(x))
+
+        with pytest.raises(TypeError, match=r"on a traced value: tracing records a \+ b of two traced values "
+                                            r"\(a residual join, nn.Add\) and layers"):
+            trace(Arithmetic(), (1, 2, 5, 5))
+
 
 def _torch_resnet8(torch, model):
     """The same small ResNet in PyTorch, weights copied from ours (parameter order is the same)."""

@@ -37,6 +37,9 @@ def test_plot_history_with_and_without_validation(tmp_path):
     plot_history({"loss": history["loss"], "accuracy": history["accuracy"]}, train_only)
     a, b = read_png(full), read_png(train_only)
     assert a.shape != b.shape or not np.array_equal(a, b)  # the validation curves were drawn
+    # fit's History without validation data has empty val_ lists: the same picture as none
+    plot_history({**history, "val_loss": [], "val_accuracy": []}, tmp_path / "empty_val.png")
+    assert np.array_equal(read_png(tmp_path / "empty_val.png"), b)
     # a diverged epoch (NaN) still plots
     plot_history({"loss": [1.0, float("nan")], "accuracy": [0.5, 0.1]}, tmp_path / "nan.png")
     read_png(tmp_path / "nan.png")

@@ -53,6 +53,10 @@ def test_resume_from_checkpoint_reproduces_an_uninterrupted_run(tmp_path):
                   schedule=Cosine(4), checkpoint=path, resume=True, progress=False, log=lambda s: None)
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
         assert resumed[key] == full[key], key  # exactly, not approximately
+    said = []
+    fit(make(), DataLoader(x, y, 16, seed=2), epochs=1, checkpoint=str(tmp_path / "new.npz"), resume=True,
+        progress=False, log=said.append)  # --resume before the first checkpoint: a new run, and it says so
+    assert said[0] == f"resume: no checkpoint at {tmp_path / 'new.npz'} yet; a new run starts (and writes it)"
 
 
 def test_nonfinite_loss_stops_with_the_step_named():
@@ -285,6 +289,8 @@ def test_fit_refuses_arguments_in_the_wrong_place():
     ex = make()
     with pytest.raises(TypeError, match=r"fit: train must be a DataLoader .*got tuple"):
         fit(ex, (x, y), epochs=1, progress=False, log=lambda s: None)
+    with pytest.raises(TypeError, match=r"fit: the first argument must be an Executor .*got DataLoader"):
+        fit(DataLoader(x, y, 16), ex, epochs=1, progress=False, log=lambda s: None)
     with pytest.raises(TypeError, match=r"fit: val must be an \(x, y\) pair of arrays, got DataLoader \(pass"):
         fit(ex, DataLoader(x, y, 16), epochs=1, val=DataLoader(x, y, 16), progress=False, log=lambda s: None)
     with pytest.raises(TypeError, match="Executor: the input must be float images, .*got dtype uint8"):
