@@ -11,8 +11,9 @@ the batch N free, one output "output"; weights are initializers under their torc
 ("features.0.weight"). The model is checked with onnx.checker (full_check: shape
 inference too) before it is written.
 
-ONNX_NODES maps each layer class to the function writing its nodes; a layer kind without
-a row is refused, naming it. A new layer kind adds its row here (CONTRIBUTING.md).
+Every layer writes its own nodes (Layer.onnx, beside its forward and backward in
+engine/nn.py; an activation's come from its row of the elementwise table); a layer kind
+without one is refused, naming it.
 """
 from __future__ import annotations
 
@@ -20,10 +21,7 @@ import os
 
 import numpy as np
 
-from engine import nn
-from engine.graph import Add, layer_paths, trace
-from engine.reference.activation import ROWS
-from engine.shapes import adaptive_window
+from engine.graph import layer_paths, trace
 
 OPSET, IR_VERSION = 17, 8
 
@@ -64,103 +62,13 @@ class _Writer:
         """One intermediate node (a step of a layer written as several), its output named from hint."""
         return self.node(op, inputs, self.name(hint), **attributes)
 
+    def parameters(self, path: str, params: dict) -> list:
+        """The initializers of a conv or dense layer: its weight, and its bias if it has one."""
+        return [self.weight(f"{path}.weight")] + ([self.weight(f"{path}.bias")] if "bias" in params else [])
 
-# --------------------------------------------------------------------------- one row per layer kind
-# Each: (writer, layer, its path, input value names, output name, input shapes) -> None, writing
-# nodes whose last one makes `out`.
-
-def _pads(padding) -> list:
-    return [padding[0], padding[1], padding[0], padding[1]]  # begin H, begin W, end H, end W
-
-
-def _conv(w, layer, path, xs, out, shapes):
-    inputs = [xs[0], w.weight(f"{path}.weight")] + ([w.weight(f"{path}.bias")] if "bias" in layer.params else [])
-    w.node("Conv", inputs, out, kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
-           pads=_pads(layer.padding))
-
-
-def _linear(w, layer, path, xs, out, shapes):
-    inputs = [xs[0], w.weight(f"{path}.weight")] + ([w.weight(f"{path}.bias")] if "bias" in layer.params else [])
-    w.node("Gemm", inputs, out, transB=1)  # x (N, I) @ weight (O, I).T + bias
-
-
-def _max_pool(w, layer, path, xs, out, shapes):
-    # floor mode (ceil_mode 0); ONNX never lets a padded cell win a max, as ours
-    w.node("MaxPool", xs, out, kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
-           pads=_pads(layer.padding))
-
-
-def _avg_pool(w, layer, path, xs, out, shapes):
-    w.node("AveragePool", xs, out, kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
-           pads=_pads(layer.padding), count_include_pad=int(layer.count_include_pad))
-
-
-def _adaptive_avg_pool(w, layer, path, xs, out, shapes):
-    _, c, h, wd = shapes[0]
-    oh, ow = layer.output_size
-    if (oh, ow) == (1, 1):
-        w.node("GlobalAveragePool", xs, out)
-    elif h % oh == 0 and wd % ow == 0:  # equal, disjoint windows: a plain average pool
-        w.node("AveragePool", xs, out, kernel_shape=[h // oh, wd // ow], strides=[h // oh, wd // ow])
-    else:
-        # torch's windows overlap or repeat here, which no ONNX pooling op does: the average is
-        # linear, so it is one product with the (H*W, oh*ow) matrix of window weights
-        weights = np.zeros((h * wd, oh * ow), np.float32)
-        for i in range(oh):
-            h0, h1 = adaptive_window(i, h, oh)
-            for j in range(ow):
-                w0, w1 = adaptive_window(j, wd, ow)
-                cells = [r * wd + s for r in range(h0, h1) for s in range(w0, w1)]
-                weights[cells, i * ow + j] = 1.0 / len(cells)
-        flat = w.step("Reshape", [xs[0], w.constant(f"{path}.flat_shape", [0, c, h * wd], np.int64)], f"{path}.flat")
-        pooled = w.step("MatMul", [flat, w.constant(f"{path}.windows", weights)], f"{path}.pooled")
-        w.node("Reshape", [pooled, w.constant(f"{path}.out_shape", [0, c, oh, ow], np.int64)], out)
-
-
-def _batch_norm(w, layer, path, xs, out, shapes):
-    # the eval form: normalised with the running statistics
-    names = [w.weight(f"{path}.{k}") for k in ("weight", "bias", "running_mean", "running_var")]
-    w.node("BatchNormalization", [xs[0], *names], out, epsilon=float(layer.eps))
-
-
-def _elementwise(w, layer, path, xs, out, shapes):
-    # an activation of the elementwise table: its row says which ONNX nodes compute it
-    row = ROWS[layer.op]
-    if row.onnx is None:
-        raise ValueError(f"export: no ONNX nodes for the elementwise row {row.name!r} (layer {path}); give "
-                         f"its row an onnx= (engine/reference/activation.py, see CONTRIBUTING.md)")
-    row.onnx(w, xs[0], out, path, *layer.args)
-
-
-def _simple(op: str, **attributes):
-    def write(w, layer, path, xs, out, shapes):
-        w.node(op, xs, out, **attributes)
-    return write
-
-
-ONNX_NODES = {
-    nn.Conv2d: _conv,
-    nn.Linear: _linear,
-    nn.MaxPool2d: _max_pool,
-    nn.AvgPool2d: _avg_pool,
-    nn.AdaptiveAvgPool2d: _adaptive_avg_pool,
-    nn.BatchNorm2d: _batch_norm,
-    nn.BatchNorm1d: _batch_norm,
-    nn.Elementwise: _elementwise,  # ReLU, LeakyReLU, Sigmoid, Tanh, GELU: each row names its nodes
-    nn.Dropout: _simple("Identity"),  # eval mode
-    nn.Flatten: _simple("Flatten", axis=1),
-    Add: _simple("Add"),
-    nn.Softmax: _simple("Softmax", axis=-1),
-    nn.LogSoftmax: _simple("LogSoftmax", axis=-1),
-}
-
-
-def _row(layer, path):
-    for cls in type(layer).__mro__:  # a subclass of a mapped layer is written as its base
-        if cls in ONNX_NODES:
-            return ONNX_NODES[cls]
-    raise ValueError(f"export: no ONNX mapping for {type(layer).__name__} (layer {path}); add one to "
-                     f"ONNX_NODES in engine/export.py (see CONTRIBUTING.md)")
+    @staticmethod
+    def pads(padding) -> list:
+        return [padding[0], padding[1], padding[0], padding[1]]  # begin H, begin W, end H, end W
 
 
 # --------------------------------------------------------------------------- the model
@@ -199,8 +107,7 @@ def to_onnx(source, opset: int = OPSET):
     for node in g.nodes:
         path = paths.get(id(node.layer)) or node.layer.name
         out = writer.name("output" if node.output is output else path)
-        _row(node.layer, path)(writer, node.layer, path, [names[v.index] for v in node.inputs], out,
-                               [v.shape for v in node.inputs])
+        node.layer.onnx(writer, path, [names[v.index] for v in node.inputs], out, [v.shape for v in node.inputs])
         names[node.output.index] = out
     if output.producer is None:
         raise ValueError("export: the model computes nothing (its output is its input)")

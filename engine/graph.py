@@ -146,6 +146,14 @@ class Layer:
         node (engine.executor.fuse_relu)."""
         return {}
 
+    def onnx(self, w, path: str, xs: list, out: str, shapes: list) -> None:
+        """Write the ONNX nodes computing this layer's eval-mode forward (engine.export): w is
+        the writer (w.node, w.step, w.weight, w.constant), path the layer's path, xs the
+        names of its input values, out the name its last node must make, shapes the input
+        shapes. A layer without one cannot be exported, and says so."""
+        raise ValueError(f"export: no ONNX mapping for {type(self).__name__} (layer {path}); give it an "
+                         f"onnx() method (see CONTRIBUTING.md)")
+
     def num_params(self) -> int:
         return sum(int(p.size) for p in self.params.values())
 
@@ -171,6 +179,9 @@ class Add(Layer):
         for dx in n.dx:
             if dx is not None:
                 dx[...] = n.dy
+
+    def onnx(self, w, path, xs, out, shapes):
+        w.node("Add", xs, out)
 
 
 class Bound:

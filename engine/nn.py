@@ -26,6 +26,7 @@ import numpy as np
 from engine import checks as C
 from engine.graph import Add, Layer, Value, Model, Sequential, freeze, unfreeze  # noqa: F401  (re-exported)
 from engine.reference.activation import ROWS
+from engine.shapes import adaptive_window
 
 _init_rng = np.random.default_rng(0)
 
@@ -114,6 +115,10 @@ class Conv2d(_Weighted):
         if n.g.get("weight") is not None:
             bk.conv2d_backward_weight(dy, n.x[0], n.p["weight"].shape, self.stride, self.padding, out=n.g["weight"])
 
+    def onnx(self, w, path, xs, out, shapes):
+        w.node("Conv", [xs[0]] + w.parameters(path, self.params), out, kernel_shape=list(self.kernel_size),
+               strides=list(self.stride), pads=w.pads(self.padding))
+
 
 class Linear(_Weighted):
     """Dense layer. x (N, in_features), weight (out_features, in_features) -> (N, out_features)."""
@@ -140,6 +145,9 @@ class Linear(_Weighted):
             bk.linear_backward_data(dy, n.p["weight"], out=n.dx[0])
         if n.g.get("weight") is not None:
             bk.linear_backward_weight(dy, n.x[0], out=n.g["weight"])
+
+    def onnx(self, w, path, xs, out, shapes):
+        w.node("Gemm", [xs[0]] + w.parameters(path, self.params), out, transB=1)  # x @ weight.T + bias
 
 
 class _BatchNorm(Layer):
@@ -190,6 +198,11 @@ class _BatchNorm(Layer):
         """Normalise with the batch's statistics (and update the running ones): training, unfrozen."""
         return n.training and self.trainable
 
+    def onnx(self, w, path, xs, out, shapes):
+        # the eval form: normalised with the running statistics
+        names = [w.weight(f"{path}.{k}") for k in ("weight", "bias", "running_mean", "running_var")]
+        w.node("BatchNormalization", [xs[0], *names], out, epsilon=float(self.eps))
+
 
 class BatchNorm2d(_BatchNorm):
     """Batch norm per channel over (N, H, W) of an (N, C, H, W) input."""
@@ -231,6 +244,11 @@ class MaxPool2d(_Pool2d):
     def backward(self, bk, n):
         bk.max_pool2d_backward(n.dy, n.s["argmax"], n.x[0].shape, out=n.dx[0])
 
+    def onnx(self, w, path, xs, out, shapes):
+        # floor mode (ceil_mode 0); ONNX never lets a padded cell win a max, as ours
+        w.node("MaxPool", xs, out, kernel_shape=list(self.kernel_size), strides=list(self.stride),
+               pads=w.pads(self.padding))
+
 
 class AvgPool2d(_Pool2d):
     """Average pooling; count_include_pad=True (PyTorch's default) divides by the window size."""
@@ -249,6 +267,10 @@ class AvgPool2d(_Pool2d):
     def backward(self, bk, n):
         bk.avg_pool2d_backward(n.dy, n.x[0].shape, self.kernel_size, self.stride, self.padding,
                                self.count_include_pad, out=n.dx[0])
+
+    def onnx(self, w, path, xs, out, shapes):
+        w.node("AveragePool", xs, out, kernel_shape=list(self.kernel_size), strides=list(self.stride),
+               pads=w.pads(self.padding), count_include_pad=int(self.count_include_pad))
 
 
 class AdaptiveAvgPool2d(Layer):
@@ -270,6 +292,28 @@ class AdaptiveAvgPool2d(Layer):
 
     def backward(self, bk, n):
         bk.adaptive_avg_pool2d_backward(n.dy, n.x[0].shape, out=n.dx[0])
+
+    def onnx(self, w, path, xs, out, shapes):
+        _, c, h, wd = shapes[0]
+        oh, ow = self.output_size
+        if (oh, ow) == (1, 1):
+            w.node("GlobalAveragePool", xs, out)
+        elif h % oh == 0 and wd % ow == 0:  # equal, disjoint windows: a plain average pool
+            w.node("AveragePool", xs, out, kernel_shape=[h // oh, wd // ow], strides=[h // oh, wd // ow])
+        else:
+            # torch's windows overlap or repeat here, which no ONNX pooling op does: the average
+            # is linear, so it is one product with the (H*W, oh*ow) matrix of window weights
+            weights = np.zeros((h * wd, oh * ow), np.float32)
+            for i in range(oh):
+                h0, h1 = adaptive_window(i, h, oh)
+                for j in range(ow):
+                    w0, w1 = adaptive_window(j, wd, ow)
+                    cells = [r * wd + s for r in range(h0, h1) for s in range(w0, w1)]
+                    weights[cells, i * ow + j] = 1.0 / len(cells)
+            flat = w.step("Reshape", [xs[0], w.constant(f"{path}.flat_shape", [0, c, h * wd], np.int64)],
+                          f"{path}.flat")
+            pooled = w.step("MatMul", [flat, w.constant(f"{path}.windows", weights)], f"{path}.pooled")
+            w.node("Reshape", [pooled, w.constant(f"{path}.out_shape", [0, c, oh, ow], np.int64)], out)
 
 
 # --------------------------------------------------------------------------- elementwise
@@ -297,6 +341,13 @@ class Elementwise(_SameShape):
     def backward(self, bk, n):
         saved = n.x[0] if self.saves == "x" else n.y
         getattr(bk, self.op + "_backward")(n.dy, saved, *self.args, out=n.dx[0])
+
+    def onnx(self, w, path, xs, out, shapes):
+        row = ROWS[self.op]  # the row names its ONNX nodes
+        if row.onnx is None:
+            raise ValueError(f"export: no ONNX nodes for the elementwise row {row.name!r} (layer {path}); give "
+                             f"its row an onnx= (engine/reference/activation.py, see CONTRIBUTING.md)")
+        row.onnx(w, xs[0], out, path, *self.args)
 
 
 class ReLU(Elementwise):
@@ -361,6 +412,9 @@ class Dropout(_SameShape):
         else:
             n.dx[0][...] = n.dy
 
+    def onnx(self, w, path, xs, out, shapes):
+        w.node("Identity", xs, out)  # eval mode
+
 
 class Flatten(Layer):
     """(N, ...) -> (N, prod(...)): a copy into the planned buffer (the layout is unchanged)."""
@@ -373,6 +427,9 @@ class Flatten(Layer):
 
     def backward(self, bk, n):
         n.dx[0][...] = n.dy.reshape(n.dx[0].shape)
+
+    def onnx(self, w, path, xs, out, shapes):
+        w.node("Flatten", xs, out, axis=1)
 
 
 class _SoftmaxRows(_SameShape):
@@ -400,6 +457,9 @@ class _SoftmaxRows(_SameShape):
     def backward(self, bk, n):
         k = n.y.shape[-1]
         getattr(bk, self.op + "_backward")(n.dy.reshape(-1, k), n.y.reshape(-1, k), out=n.dx[0].reshape(-1, k))
+
+    def onnx(self, w, path, xs, out, shapes):
+        w.node({"softmax": "Softmax", "log_softmax": "LogSoftmax"}[self.op], xs, out, axis=-1)
 
 
 class Softmax(_SoftmaxRows):
