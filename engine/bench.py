@@ -63,13 +63,23 @@ def main(argv=None, command: str | None = None) -> int:
     """Run the suites, print their tables, write benchmarks/results/<date>-<device>.md/.json.
     command is what the results file records as the way to rerun it."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from engine.ops import OPS
+    unknown = sorted(set(args.op or ()) - set(OPS))
+    if unknown:
+        parser.error(f"--op: no op named {', '.join(map(repr, unknown))} (python -m engine validate --help lists "
+                     f"them; e.g. conv2d_forward, relu_backward)")
+    out_dir = Path(args.out_dir)
+    if not args.no_write and out_dir.exists() and not out_dir.is_dir():
+        parser.error(f"--out-dir: {out_dir} exists and is not a directory")
     command = command or " ".join(["python -m engine bench"] + argv)
     env = environment(command)
     if args.date:
         env["date"] = args.date
     gpu = gpu_available() and not args.cpu_only
-    suites = args.suite or ["cpu_ops", "gpu_ops", "train", "dist"]
+    # --op names ops: without --suite, only the op suites run
+    suites = args.suite or (["cpu_ops", "gpu_ops"] if args.op else ["cpu_ops", "gpu_ops", "train", "dist"])
     sections, rows, extra = [], [], {}
     if not gpu:
         why = "--cpu-only" if args.cpu_only else validate.cuda_status()[2]
@@ -107,7 +117,7 @@ def main(argv=None, command: str | None = None) -> int:
         env["load_average_at_end"] = os.getloadavg()[0]
     if not args.no_write:
         device = args.device_name or (_slug(env["gpu"]) if gpu else f"cpu-{os.cpu_count()}core")
-        md, js = write_results(env, device, sections, rows, extra, Path(args.out_dir))
+        md, js = write_results(env, device, sections, rows, extra, out_dir)
         print(f"bench: wrote {md} and {js}")
     wrong = [r for r in rows if r.get("check", "ok") != "ok"]
     if wrong:

@@ -115,6 +115,9 @@ ROWS = [
     ("classes one", ["summary", "lenet", "--num-classes", "1"], USER, "--num-classes"),
     ("validate option", ["validate", "--bogus"], USER, "unrecognized arguments: --bogus"),
     ("bench suite", ["bench", "--suite", "nosuch"], USER, "--suite"),
+    ("bench op", ["bench", "--op", "nosuch", "--no-write"], USER, "--op: no op named 'nosuch'"),
+    ("bench out-dir a file", ["bench", "--op", "relu_forward", "--out-dir", "{p}/a_file"], USER,
+     "--out-dir: {p}/a_file exists and is not a directory"),
     # meaning: caught before the first epoch
     ("momentum for adam", ["train", "lenet", "--optimizer", "adam", "--momentum", "0.9"], USER,
      "--momentum and --nesterov are SGD's; --optimizer is adam"),
