@@ -56,8 +56,6 @@ def _common(p: cli.ArgumentParser) -> None:
                    help="no weight decay on biases and batch-norm parameters (the weights only)")
     p.add_argument("--l1", type=real(0), default=0.0, help="L1 penalty on the weights (default 0)")
     p.add_argument("--schedule", default="cosine", choices=["constant", "step", "cosine", "onecycle"])
-    p.add_argument("--val-split", type=real(0, 1, high_open=True), default=0.1,
-                   help="share of the training data held out for validation, stratified (default 0.1; 0: none)")
     p.add_argument("--augment", action="store_true",
                    help="random shifts (and mirroring, except for digits) of the training images")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -573,6 +571,8 @@ def build_parser() -> cli.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
     t.add_argument("--resume-anyway", action="store_true",
                    help="--resume, allowing another optimizer or lr than the checkpoint's (says what is reset)")
+    t.add_argument("--val-split", type=real(0, 1, high_open=True), default=0.1,
+                   help="share of the training data held out for validation, stratified (default 0.1; 0: none)")
     t.add_argument("--patience", type=integer(0), default=0, help="early stopping patience in epochs (0: off)")
     t.add_argument("--json", default=None, help="write a summary of the run as JSON here")
     t.add_argument("--plots", default=None, help="directory for learning-curve and confusion-matrix PNGs")
@@ -592,7 +592,7 @@ def build_parser() -> cli.ArgumentParser:
     c.add_argument("--folds", type=integer(2), default=5)
     c.add_argument("--json", default=None, help="write the per-fold scores as JSON here")
     c.add_argument("--plots", default=None, help="directory for the box plot PNG")
-    c.set_defaults(func=cmd_cv, val_split=0.0)
+    c.set_defaults(func=cmd_cv)
 
     lr = sub.add_parser("lr-find", help="learning-rate range test: loss against a rising learning rate")
     _common(lr)

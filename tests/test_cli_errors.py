@@ -94,6 +94,8 @@ ROWS = [
     ("l1 nan", ["train", "lenet", "--l1", "nan"], USER, "--l1"),
     ("val split one", ["train", "lenet", "--val-split", "1"], USER, "--val-split: expected a finite number in [0, 1)"),
     ("val split negative", ["train", "lenet", "--val-split", "-0.1"], USER, "--val-split"),
+    ("val split in cv", ["cv", "lenet", "--val-split", "0.2"], USER,  # the folds are its validation
+     "unrecognized arguments: --val-split 0.2"),
     ("seed negative", ["train", "lenet", "--seed", "-1"], USER, "--seed"),
     ("synthetic size one", ["train", "lenet", "--synthetic-size", "1"], USER, "--synthetic-size"),
     ("image size zero", ["train", "lenet", "--image-size", "0"], USER, "--image-size"),

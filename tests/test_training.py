@@ -137,6 +137,36 @@ def test_cli_trains_and_writes_json_and_plots(tmp_path, capsys):
     assert summary["val_split"] == 0.1 and len(summary["history"]["val_loss"]) == 2
 
 
+def test_cli_early_stopping_uses_validation_and_the_test_split_is_evaluated_once_at_the_end(tmp_path, monkeypatch):
+    # random labels and a high lr: the validation loss soon rises and --patience stops the run
+    import engine.training as training
+    from engine.data import stratified_split
+    train = synthetic(128, (1, 28, 28), 10, seed=0)  # what --data synthetic --synthetic-size 128 trains on
+    _, val_idx = stratified_split(train.y, 0.1, seed=0)
+    x_val, y_val = train.x[val_idx], train.y[val_idx]
+    real, calls = training.evaluate, []
+
+    def spy(ex, x, y, *args, **kwargs):
+        report = real(ex, x, y, *args, **kwargs)
+        calls.append((len(x), report["loss"], real(ex, x_val, y_val)["loss"]))  # and the validation loss now
+        return report
+
+    monkeypatch.setattr(training, "evaluate", spy)
+    out = tmp_path / "run.json"
+    assert cli(["train", "lenet", "--data", "synthetic", "--synthetic-size", "128", "--epochs", "30",
+                "--optimizer", "adam", "--lr", "0.03", "--patience", "1", "--device", "cpu", "--no-progress",
+                "--json", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    epochs, val_loss = summary["epochs"], summary["history"]["val_loss"]
+    assert epochs < 30  # stopped early
+    sizes = [n for n, _, _ in calls]
+    assert sizes == [len(val_idx)] * epochs + [32]  # validation after each epoch; the 32 test images once, last
+    assert all(math.isclose(loss, v, rel_tol=1e-6) for (_, loss, _), v in zip(calls, val_loss))
+    # the test split was scored with the weights restored from the best validation epoch
+    assert math.isclose(calls[-1][2], min(val_loss), rel_tol=1e-5)
+    assert math.isclose(summary["test"]["loss"], calls[-1][1], rel_tol=1e-9)
+
+
 def test_cli_summary_and_errors(capsys):
     assert cli(["summary", "lenet"]) == 0
     assert "Total params: 61,706" in capsys.readouterr().out
@@ -233,7 +263,8 @@ def test_cli_cv_and_lr_find_write_their_plots(tmp_path, capsys):
     assert (tmp_path / "find.png").stat().st_size > 1000
 
 
-def test_cli_trains_a_users_model_from_a_file(tmp_path, capsys):
+def test_cli_trains_a_users_model_from_a_file(tmp_path, capsys, monkeypatch):
+    from engine.modelfile import load_model
     (tmp_path / "my_models.py").write_text(
         "from engine import nn\n"
         "class Tiny(nn.Model):\n"
@@ -247,13 +278,21 @@ def test_cli_trains_a_users_model_from_a_file(tmp_path, capsys):
         "        return self.head(self.flat(self.relu(self.conv(x))))\n"
         "def flat(num_classes=10, in_channels=1):\n"
         "    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 28 * 28, num_classes))\n")
-    spec = str(tmp_path / "my_models.py")
+    monkeypatch.chdir(tmp_path)
+    spec = "my_models.py"  # as a user types it, relative to where they are
     assert cli(["summary", f"{spec}:Tiny"]) == 0
     assert "conv" in capsys.readouterr().out
     for name in ("Tiny", "flat"):
+        saved = tmp_path / f"{name}.npz"
         assert cli(["train", f"{spec}:{name}", "--data", "synthetic", "--synthetic-size", "64", "--epochs", "1",
-                    "--device", "cpu", "--no-progress", "--image-size", "28"]) == 0
+                    "--device", "cpu", "--no-progress", "--image-size", "28", "--save", str(saved)]) == 0
         assert "test accuracy" in capsys.readouterr().out
+        # the model file names the user's file by its absolute path: it loads from another directory
+        monkeypatch.chdir(tmp_path.parent)
+        loaded = load_model(saved)
+        probabilities = loaded.predict(synthetic(3, loaded.input_shape, 10, seed=5).x)
+        assert probabilities.shape == (3, 10) and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+        monkeypatch.chdir(tmp_path)
     assert cli(["train", f"{spec}:Nothing", "--no-progress"]) == 2
     assert "Nothing" in capsys.readouterr().err
 
