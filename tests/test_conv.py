@@ -270,6 +270,22 @@ def test_numba_is_deterministic():
                 np.testing.assert_array_equal(call(None), first, err_msg=f"{name}: differs between runs")
 
 
+def test_numba_conv_does_not_depend_on_the_thread_count():
+    # the batch is split in parts that follow from the shapes alone, and the weight gradient
+    # adds the parts in order in float64: one thread or two give the same bits
+    import numba
+    threads = numba.get_num_threads()
+    try:
+        results = []
+        for count in (1, threads):
+            numba.set_num_threads(count)
+            results.append([call(None) for cfg in BIG_CFGS for _, call in _calls(fast, cfg)])
+    finally:
+        numba.set_num_threads(threads)
+    for one, many in zip(*results):
+        np.testing.assert_array_equal(one, many, err_msg=f"1 thread vs {threads}")
+
+
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
 def test_numba_conv_works_in_a_forked_child():
     # data loaders fork; the child must not wait forever on the parent's (threadless) helper pool

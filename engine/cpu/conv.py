@@ -17,17 +17,16 @@ How the work is split (measured at the LeNet shapes, batch 256, on 2 cores):
 * The batch is walked in chunks of a few samples, so one chunk's cols (<= _CHUNK_BYTES)
   is still in cache when the GEMM reads it, and AlexNet-sized layers do not allocate
   hundreds of MiB of columns.
-* The batch is split into a few contiguous parts per Numba thread, which the threads of
+* The batch is split into up to _MAX_PARTS consecutive chunks, which the threads of
   engine.cpu.blas take in turn, with BLAS held to one thread; the Numba kernels on that
   path release the GIL (nogil) and run serially inside their part. Only a single sample (nothing to split)
   lets BLAS thread its GEMMs. Mixing both (parallel Numba loops between threaded GEMMs) was
   1.3-2x slower, and collapsed on a busy machine, where spinning thread pools fight.
 * The public im2col / col2im ops run alone, so they use parallel=True kernels.
 
-Results are deterministic: every sample is computed by one thread, and the weight
-gradient adds per-sample products in a fixed order per part, then the parts in order
-(so the bits depend on how many parts there are -- the thread count -- not on which
-thread took which part).
+Results are deterministic, whatever the thread count: every sample is computed by one
+thread, and the weight gradient sums each chunk's products, then adds the chunks' sums in
+order -- the order one thread would add them in.
 """
 from __future__ import annotations
 
@@ -40,9 +39,10 @@ from engine.shapes import window_output_hw
 _CHUNK_BYTES = 2 << 20
 # OpenBLAS runs a GEMM on one thread when M*N*K is at most 65536 * GEMM_MULTITHREAD_THRESHOLD (4)
 _BLAS_SERIAL_MACS = 65536 * 4
-# the batch in a few parts per thread, taken in turn: a thread the machine delays holds the
-# others up by one part at most
-_PARTS_PER_THREAD = 4
+# the batch in up to this many parts, which the threads take in turn: a thread the machine
+# delays holds the others up by one part at most. The parts follow from the batch and the
+# layer alone, so the results do not depend on the thread count.
+_MAX_PARTS = 8
 
 
 def _empty(shape, out):
@@ -201,13 +201,14 @@ def gemm(a, b, trans_a=False, trans_b=False, out=None):
 
 
 def _split_batch(work, n, per_sample_macs, per_sample_bytes):
-    """Run work(n0, n1, chunk) over contiguous parts of range(n), a few per thread
-    (engine.cpu.blas); return the results in order. `chunk` is how many samples work should
-    take at a time."""
-    chunk = max(1, min(n, _CHUNK_BYTES // max(1, per_sample_bytes)))
-    n_parts = blas.parts(n, n * per_sample_macs, per_thread=_PARTS_PER_THREAD)
-    return blas.run_parts(lambda n0, n1: work(n0, n1, chunk), blas.bounds(n, n_parts),
-                          blas_threads=n_parts == 1 and per_sample_macs > _BLAS_SERIAL_MACS)
+    """Run work(n0, n1, chunk) over consecutive parts of range(n), `chunk` samples each (the
+    last may be shorter), on engine.cpu.blas's threads; return the results in order."""
+    chunk = max(1, min(n, _CHUNK_BYTES // max(1, per_sample_bytes), -(-n // _MAX_PARTS)))
+    bounds = list(range(0, n, chunk)) + [n]
+    if n * per_sample_macs < blas.SPLIT_MIN_MACS:  # too little to wake a thread for
+        return [work(a, b, chunk) for a, b in zip(bounds, bounds[1:])]
+    return blas.run_parts(lambda n0, n1: work(n0, n1, chunk), bounds,
+                          blas_threads=n == 1 and per_sample_macs > _BLAS_SERIAL_MACS)
 
 
 def conv2d_forward(x, w, b, stride, padding, out=None):
@@ -262,13 +263,13 @@ def conv2d_backward_weight(dy, x, w_shape, stride, padding, out=None):
 
     def work(n0, n1, chunk):
         cols = np.empty((chunk, crs, p * q), dtype=np.float32)
-        total = np.zeros((crs, k), dtype=np.float32)            # dw transposed
+        total = np.zeros((crs, k), dtype=np.float64)            # dw transposed
         for a in range(n0, n1, chunk):
             e = min(n1, a + chunk)
             _im2col_serial(x[a:e], r, s, stride[0], stride[1], padding[0], padding[1], p, q, cols[:e - a])
-            # (m, CRS, PQ) @ (m, PQ, K) -> (m, CRS, K), summed over the chunk in order; this
-            # orientation ran 1.5x faster than dy[n] @ cols[n].T at LeNet conv2
-            total += np.matmul(cols[:e - a], dy3[a:e].transpose(0, 2, 1)).sum(axis=0)
+            # (m, CRS, PQ) @ (m, PQ, K) -> (m, CRS, K), the samples summed in order in float64;
+            # this orientation ran 1.5x faster than dy[n] @ cols[n].T at LeNet conv2
+            total += np.matmul(cols[:e - a], dy3[a:e].transpose(0, 2, 1)).sum(axis=0, dtype=np.float64)
         return total
 
     parts = _split_batch(work, n, k * crs * p * q, crs * p * q * 4)
