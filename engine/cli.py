@@ -16,6 +16,7 @@ import traceback
 import warnings
 
 EXIT_USER, EXIT_NONFINITE, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 3, 70, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell gives a program whose reader closed the pipe
 
 # what a user can cause: bad values and types, files, a GPU or package that is not there
 USER_ERRORS = (ValueError, TypeError, OSError, ImportError, RuntimeError)
@@ -85,6 +86,9 @@ def run(command, argv: list) -> int:
         import numpy as np
         with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is caught by fit, by name
             return command(argv)
+    except BrokenPipeError:  # the reader went away (python -m engine summary resnet18 | head): nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail again
+        return EXIT_BROKEN_PIPE
     except (Exception, KeyboardInterrupt) as e:
         code, line = describe(e)
         if with_traceback(code, debug):

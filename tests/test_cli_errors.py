@@ -330,3 +330,17 @@ def test_resume_anyway_says_what_it_reset(tmp_path, capsys):
     assert "resume anyway: optimizer was {'kind': 'adamw'" in out
     assert "resume anyway: another kind of optimizer: its state (momentum, moments) starts from zero" in out
     assert "resume anyway: lr was 0.002, now 0.01" in out
+
+
+def test_a_reader_that_goes_away_is_no_error():
+    # python -m engine ... | head: the pipe closes early; no error line, no traceback
+    import subprocess
+    import sys
+    code = ("import sys; from engine import cli; "
+            "sys.exit(cli.run(lambda argv: [print('x' * 100) for _ in range(100000)] and 0, []))")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.read(10)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 141, err
+    assert err == "", err
