@@ -1,7 +1,7 @@
 """Losses as Numba kernels (float32 on the CPU); the spec is engine.reference.loss.
 
 softmax_cross_entropy_forward is fused: one prange over the rows of the logits, each
-row read from cache three times (max; exp and its sum; scale), writing dlogits and the
+row read from cache four times (max; exp; its sum; scale), writing dlogits and the
 row's loss. Subtracting the row maximum first keeps exp() in (0, 1], so logits of
 magnitude 1e4 neither overflow nor lose the loss. The row losses are summed in row
 order after the parallel loop, so the loss is bitwise the same on every run.
@@ -14,8 +14,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from engine.cpu import vecmath
 from engine.cpu.arrays import output
-from engine.cpu.parallel import kernel_pair
+from engine.cpu.parallel import VECTOR_MATH, kernel_pair
 
 _CHUNK = 4096  # elements per partial sum of the MSE: fixed, so the sum order is too
 
@@ -28,20 +29,54 @@ def _first_bad_label(labels, k):
     return -1
 
 
-@kernel_pair()
+# Row reductions in float64 with four interleaved partial sums: one chain of float64 adds
+# waits out each add's latency (a 1000-class row took longer to sum than to exponentiate);
+# the order is still fixed by the code, so the bits are the same on every run.
+
+
+@njit(inline="always")
+def _row_max(x, i):
+    k = x.shape[1]
+    m0 = m1 = m2 = m3 = x[i, 0]
+    j = 0
+    while j + 4 <= k:
+        m0, m1, m2, m3 = max(m0, x[i, j]), max(m1, x[i, j + 1]), max(m2, x[i, j + 2]), max(m3, x[i, j + 3])
+        j += 4
+    for j in range(j, k):
+        m0 = max(m0, x[i, j])
+    return max(max(m0, m1), max(m2, m3))
+
+
+@njit(inline="always")
+def _row_dot(a, b, i, ones):
+    """sum_j a[i, j] * b[i, j] in float64, or sum_j a[i, j] when ones."""
+    k = a.shape[1]
+    s0 = s1 = s2 = s3 = 0.0
+    j = 0
+    while j + 4 <= k:
+        if ones:
+            s0, s1, s2, s3 = s0 + a[i, j], s1 + a[i, j + 1], s2 + a[i, j + 2], s3 + a[i, j + 3]
+        else:
+            s0 += np.float64(a[i, j]) * b[i, j]
+            s1 += np.float64(a[i, j + 1]) * b[i, j + 1]
+            s2 += np.float64(a[i, j + 2]) * b[i, j + 2]
+            s3 += np.float64(a[i, j + 3]) * b[i, j + 3]
+        j += 4
+    for j in range(j, k):
+        s0 += a[i, j] if ones else np.float64(a[i, j]) * b[i, j]
+    return (s0 + s1) + (s2 + s3)
+
+
+@kernel_pair(**VECTOR_MATH)
 def _softmax_xent(x, labels, dx, row_loss):
     # x, dx (N, K); labels (N,) int; row_loss (N,) float64
     n, k = x.shape
     inv_n = 1.0 / n
     for i in prange(n):
-        m = x[i, 0]
-        for j in range(1, k):
-            m = max(m, x[i, j])
-        total = 0.0  # float64: the sum of up to K terms in (0, 1]
-        for j in range(k):
-            e = np.exp(x[i, j] - m)  # float32 exp of a value <= 0
-            dx[i, j] = e
-            total += e
+        m = _row_max(x, i)
+        for j in range(k):  # a loop of its own, so that it vectorises
+            dx[i, j] = vecmath.exp(x[i, j] - m)  # float32 exp of a value <= 0
+        total = _row_dot(dx, dx, i, True)  # float64: the sum of up to K terms in (0, 1]
         scale = inv_n / total  # softmax / N
         for j in range(k):
             dx[i, j] = dx[i, j] * scale
@@ -55,11 +90,18 @@ def _softmax_xent(x, labels, dx, row_loss):
 def _squared_error_sums(pred, target, partial):
     # pred, target (numel,); partial (ceil(numel / _CHUNK),) float64
     for c in prange(partial.size):
-        s = 0.0
-        for i in range(c * _CHUNK, min((c + 1) * _CHUNK, pred.size)):
+        start, end = c * _CHUNK, min((c + 1) * _CHUNK, pred.size)
+        s0 = s1 = s2 = s3 = 0.0  # four interleaved partial sums, as _row_dot's
+        i = start
+        while i + 4 <= end:
+            d0, d1 = np.float64(pred[i]) - target[i], np.float64(pred[i + 1]) - target[i + 1]
+            d2, d3 = np.float64(pred[i + 2]) - target[i + 2], np.float64(pred[i + 3]) - target[i + 3]
+            s0, s1, s2, s3 = s0 + d0 * d0, s1 + d1 * d1, s2 + d2 * d2, s3 + d3 * d3
+            i += 4
+        for i in range(i, end):
             d = np.float64(pred[i]) - np.float64(target[i])
-            s += d * d
-        partial[c] = s
+            s0 += d * d
+        partial[c] = (s0 + s1) + (s2 + s3)
 
 
 @kernel_pair()
@@ -98,20 +140,15 @@ def mse_loss_backward(pred, target, dloss, out=None):
     return dpred
 
 
-@kernel_pair()
+@kernel_pair(**VECTOR_MATH)
 def _softmax_rows(x, y, log):
     # x, y (N, K); log: write log_softmax instead of softmax
     n, k = x.shape
     for i in prange(n):
-        m = x[i, 0]
-        for j in range(1, k):
-            m = max(m, x[i, j])
-        total = 0.0  # float64: the sum of K terms in (0, 1]
-        for j in range(k):
-            e = np.exp(x[i, j] - m)  # float32 exp of a value <= 0
-            total += e
-            if not log:
-                y[i, j] = e
+        m = _row_max(x, i)
+        for j in range(k):  # a loop of its own, so that it vectorises; y is overwritten below if log
+            y[i, j] = vecmath.exp(x[i, j] - m)  # float32 exp of a value <= 0
+        total = _row_dot(y, y, i, True)  # float64: the sum of K terms in (0, 1]
         if log:
             log_total = np.log(total)
             for j in range(k):
@@ -122,17 +159,15 @@ def _softmax_rows(x, y, log):
                 y[i, j] = y[i, j] * scale
 
 
-@kernel_pair()
+@kernel_pair(**VECTOR_MATH)
 def _softmax_rows_backward(dy, y, dx, log):
     # dy, y, dx (N, K); y is the forward's output (softmax, or log_softmax when log)
     n, k = dy.shape
     for i in prange(n):
-        s = 0.0  # float64: sum_k dy (log) or sum_k dy * y
-        for j in range(k):
-            s += dy[i, j] if log else np.float64(dy[i, j]) * y[i, j]
+        s = _row_dot(dy, y, i, log)  # float64: sum_k dy (log) or sum_k dy * y
         for j in range(k):
             if log:
-                dx[i, j] = dy[i, j] - np.exp(np.float64(y[i, j])) * s
+                dx[i, j] = dy[i, j] - vecmath.exp(y[i, j]) * s  # exp(log softmax) = softmax
             else:
                 dx[i, j] = y[i, j] * (dy[i, j] - s)
 
