@@ -29,42 +29,48 @@ def _first_bad_label(labels, k):
     return -1
 
 
-# Row reductions in float64 with four interleaved partial sums: one chain of float64 adds
-# waits out each add's latency (a 1000-class row took longer to sum than to exponentiate);
-# the order is still fixed by the code, so the bits are the same on every run.
+# Row reductions: their own functions, compiled with fastmath "reassoc" so that LLVM sums in
+# vector lanes (one chain of float64 adds waits out each add's latency: a 1000-class row took
+# longer to sum than to exponentiate). The flag stays on their own instructions when they are
+# inlined, away from vecmath's; the lane order is fixed by the compiled code, not by the
+# threads, so the bits are the same on every run. a, b: one row (K,).
 
 
-@njit(inline="always")
-def _row_max(x, i):
-    k = x.shape[1]
-    m0 = m1 = m2 = m3 = x[i, 0]
-    j = 0
-    while j + 4 <= k:
-        m0, m1, m2, m3 = max(m0, x[i, j]), max(m1, x[i, j + 1]), max(m2, x[i, j + 2]), max(m3, x[i, j + 3])
-        j += 4
-    for j in range(j, k):
-        m0 = max(m0, x[i, j])
-    return max(max(m0, m1), max(m2, m3))
+@njit(fastmath={"reassoc"}, cache=True)
+def _row_sum(a):
+    s = 0.0
+    for j in range(a.size):
+        s += a[j]
+    return s
 
 
-@njit(inline="always")
-def _row_dot(a, b, i, ones):
-    """sum_j a[i, j] * b[i, j] in float64, or sum_j a[i, j] when ones."""
-    k = a.shape[1]
-    s0 = s1 = s2 = s3 = 0.0
-    j = 0
-    while j + 4 <= k:
-        if ones:
-            s0, s1, s2, s3 = s0 + a[i, j], s1 + a[i, j + 1], s2 + a[i, j + 2], s3 + a[i, j + 3]
-        else:
-            s0 += np.float64(a[i, j]) * b[i, j]
-            s1 += np.float64(a[i, j + 1]) * b[i, j + 1]
-            s2 += np.float64(a[i, j + 2]) * b[i, j + 2]
-            s3 += np.float64(a[i, j + 3]) * b[i, j + 3]
-        j += 4
-    for j in range(j, k):
-        s0 += a[i, j] if ones else np.float64(a[i, j]) * b[i, j]
-    return (s0 + s1) + (s2 + s3)
+@njit(fastmath={"reassoc"}, cache=True)
+def _row_dot(a, b):
+    s = 0.0
+    for j in range(a.size):
+        s += np.float64(a[j]) * b[j]
+    return s
+
+
+@njit(cache=True)
+def _row_max(a):
+    # LLVM does not vectorise a float max chain; sixteen running maxima, one per lane, it does
+    # (three times faster at K = 1000). NaN loses every comparison: it reaches the loss via exp.
+    m = a[0]
+    start = 1
+    if a.size >= 64:
+        lanes = a[:16].copy()
+        blocks = a.size // 16
+        for b in range(1, blocks):
+            for lane in range(16):
+                v = a[b * 16 + lane]
+                lanes[lane] = v if v > lanes[lane] else lanes[lane]
+        for lane in range(16):
+            m = lanes[lane] if lanes[lane] > m else m
+        start = blocks * 16
+    for j in range(start, a.size):
+        m = a[j] if a[j] > m else m
+    return m
 
 
 @kernel_pair(**VECTOR_MATH)
@@ -73,10 +79,10 @@ def _softmax_xent(x, labels, dx, row_loss):
     n, k = x.shape
     inv_n = 1.0 / n
     for i in prange(n):
-        m = _row_max(x, i)
+        m = _row_max(x[i])
         for j in range(k):  # a loop of its own, so that it vectorises
             dx[i, j] = vecmath.exp(x[i, j] - m)  # float32 exp of a value <= 0
-        total = _row_dot(dx, dx, i, True)  # float64: the sum of up to K terms in (0, 1]
+        total = _row_sum(dx[i])  # float64: the sum of up to K terms in (0, 1]
         scale = inv_n / total  # softmax / N
         for j in range(k):
             dx[i, j] = dx[i, j] * scale
@@ -86,22 +92,16 @@ def _softmax_xent(x, labels, dx, row_loss):
         row_loss[i] = np.log(total) - (np.float64(x[i, label]) - m)
 
 
-@kernel_pair()
+@kernel_pair(fastmath={"reassoc"})  # vector lanes for the sums, as _row_sum's
 def _squared_error_sums(pred, target, partial):
     # pred, target (numel,); partial (ceil(numel / _CHUNK),) float64
     for c in prange(partial.size):
-        start, end = c * _CHUNK, min((c + 1) * _CHUNK, pred.size)
-        s0 = s1 = s2 = s3 = 0.0  # four interleaved partial sums, as _row_dot's
-        i = start
-        while i + 4 <= end:
-            d0, d1 = np.float64(pred[i]) - target[i], np.float64(pred[i + 1]) - target[i + 1]
-            d2, d3 = np.float64(pred[i + 2]) - target[i + 2], np.float64(pred[i + 3]) - target[i + 3]
-            s0, s1, s2, s3 = s0 + d0 * d0, s1 + d1 * d1, s2 + d2 * d2, s3 + d3 * d3
-            i += 4
-        for i in range(i, end):
-            d = np.float64(pred[i]) - np.float64(target[i])
-            s0 += d * d
-        partial[c] = (s0 + s1) + (s2 + s3)
+        p, t = pred[c * _CHUNK:(c + 1) * _CHUNK], target[c * _CHUNK:(c + 1) * _CHUNK]
+        s = 0.0
+        for i in range(p.size):  # from 0, on a slice: no negative-index wraparound to keep it scalar
+            d = np.float64(p[i]) - np.float64(t[i])
+            s += d * d
+        partial[c] = s
 
 
 @kernel_pair()
@@ -145,10 +145,10 @@ def _softmax_rows(x, y, log):
     # x, y (N, K); log: write log_softmax instead of softmax
     n, k = x.shape
     for i in prange(n):
-        m = _row_max(x, i)
+        m = _row_max(x[i])
         for j in range(k):  # a loop of its own, so that it vectorises; y is overwritten below if log
             y[i, j] = vecmath.exp(x[i, j] - m)  # float32 exp of a value <= 0
-        total = _row_dot(y, y, i, True)  # float64: the sum of K terms in (0, 1]
+        total = _row_sum(y[i])  # float64: the sum of K terms in (0, 1]
         if log:
             log_total = np.log(total)
             for j in range(k):
@@ -164,7 +164,7 @@ def _softmax_rows_backward(dy, y, dx, log):
     # dy, y, dx (N, K); y is the forward's output (softmax, or log_softmax when log)
     n, k = dy.shape
     for i in prange(n):
-        s = _row_dot(dy, y, i, log)  # float64: sum_k dy (log) or sum_k dy * y
+        s = _row_sum(dy[i]) if log else _row_dot(dy[i], y[i])  # float64: sum_k dy, or sum_k dy * y
         for j in range(k):
             if log:
                 dx[i, j] = dy[i, j] - vecmath.exp(y[i, j]) * s  # exp(log softmax) = softmax
