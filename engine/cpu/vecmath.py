@@ -23,10 +23,11 @@ scalar at a time (slowly), without the fused multiply-adds: within an ulp of the
                     +inf -> inf, -inf -> 0, NaN -> NaN
     tanh(x)         odd, an odd polynomial for |x| < 0.625 (no cancellation near 0), else
                     1 - 2 / (e^2|x| + 1); +-inf -> +-1, -0 -> -0
-    sigmoid(x)      1 / (1 + e^-x), from e^-|x| (no overflow); 0 at -inf, 1 at +inf
+    sigmoid(x)      1 / (1 + e^-x), from e^-|x| (no overflow); 0 at -inf, 1 at +inf, and 0
+                    below 1.0e-38 (x < -87.5, where it would be denormal)
     normal_cdf(x)   Phi(x) = (1 + erf(x / sqrt 2)) / 2 from erfc(|x| / sqrt 2); absolute
                     error below 3e-7 (its relative error grows in the far lower tail, and it
-                    is 0 where below 1e-38: x < -13.2)
+                    is 0 where it would be below 1e-38: x < -13.2)
     normal_pdf(x)   phi(x) = e^(-x^2/2) / sqrt(2 pi) (0 for |x| > 13.2)
 """
 from __future__ import annotations
@@ -40,7 +41,9 @@ _ONE, _HALF, _TWO = f4(1.0), f4(0.5), f4(2.0)
 _LOG2E, _LN2_HI, _LN2_LO = f4(1.44269504088896341), f4(0.693359375), f4(-2.12194440e-4)
 _EXP_HI, _EXP_LO = f4(88.8), f4(-104.0)   # e^88.8 > float32 max: inf; e^-104 < half the least denormal: 0
 _K_LO, _BIAS, _MANTISSA = f4(-150.0), f4(127.0), f4(8388608.0)  # 2^23
-_NORMAL_LO, _K_NORMAL, _ZERO = f4(-87.3), f4(-126.0), f4(0.0)  # e^-87.3 > 2^-126, the least normal float32
+# _exp_negative: down to e^-87.5 = 1.0e-38, k >= -126 and 2^k is one normal float32 (the results
+# a little below the least normal, 1.18e-38, are the multiply's correctly rounded denormals)
+_NORMAL_LO, _K_NORMAL, _ZERO = f4(-87.5), f4(-126.0), f4(0.0)
 _P0, _P1, _P2 = f4(1.9875691500e-4), f4(1.3981999507e-3), f4(8.3334519073e-3)
 _P3, _P4, _P5 = f4(4.1665795894e-2), f4(1.6666665459e-1), f4(5.0000001201e-1)
 # tanh for |x| < 0.625: x + x^3 Q(x^2) (Cephes tanhf)
@@ -77,9 +80,9 @@ def exp(x):
 
 
 def _exp_negative(x):
-    """e^x for x <= 0, flushed to 0 where it would be denormal (x < -87.3): exp without its
-    overflow and denormal cases, a quarter cheaper, for e^(-z^2) in the normal CDF and density
-    (values below 1e-38, where GELU's are 0 in float32 anyway)."""
+    """e^x for x <= 0, flushed to 0 below e^-87.5 = 1.0e-38 (denormal): exp without its
+    overflow and denormal cases, a quarter cheaper, for sigmoid's e^-|x| and e^(-z^2) in the
+    normal CDF and density (so they give 0 where they would be below 1e-38)."""
     x = f4(x)
     xc = _NORMAL_LO if x < _NORMAL_LO else x
     k = np.floor(xc * _LOG2E + _HALF)
@@ -101,7 +104,7 @@ def tanh(x):
 
 def sigmoid(x):
     x = f4(x)
-    e = exp(-abs(x))                             # in (0, 1]: no overflow
+    e = _exp_negative(-abs(x))                   # in [0, 1]: no overflow
     return (_ONE if x >= 0 else e) / (_ONE + e)  # 1 / (1 + e^-x) and e^x / (1 + e^x)
 
 
