@@ -66,14 +66,19 @@ def _pow2(k):
     return np.int32((k + _BIAS) * _MANTISSA).view(np.float32)
 
 
+def _reduced(x):
+    """(e^r, k) with x = k ln2 + r, k the integer nearest x / ln2, |r| <= ln2 / 2."""
+    k = np.floor(x * _LOG2E + _HALF)
+    r = x - k * _LN2_HI - k * _LN2_LO
+    p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
+    return p * (r * r) + r + _ONE, k
+
+
 def exp(x):
     x = f4(x)
     x = _EXP_HI if x > _EXP_HI else x            # written so NaN fails both tests and stays NaN
     x = _EXP_LO if x < _EXP_LO else x
-    k = np.floor(x * _LOG2E + _HALF)             # the integer nearest x / ln2, in [-150, 128]
-    r = x - k * _LN2_HI - k * _LN2_LO            # |r| <= ln2 / 2
-    p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
-    p = p * (r * r) + r + _ONE                   # e^r
+    p, k = _reduced(x)                           # k in [-150, 128]
     k = k if k >= _K_LO else _K_LO               # NaN's k becomes a number (p carries the NaN)
     half = np.floor(k * _HALF)                   # 2^k = 2^half * 2^(k - half): each in range
     return p * _pow2(half) * _pow2(k - half)
@@ -84,12 +89,8 @@ def _exp_negative(x):
     overflow and denormal cases, a quarter cheaper, for sigmoid's e^-|x| and e^(-z^2) in the
     normal CDF and density (so they give 0 where they would be below 1e-38)."""
     x = f4(x)
-    xc = _NORMAL_LO if x < _NORMAL_LO else x
-    k = np.floor(xc * _LOG2E + _HALF)
-    r = xc - k * _LN2_HI - k * _LN2_LO
-    p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
-    p = p * (r * r) + r + _ONE
-    k = k if k >= _K_NORMAL else _K_NORMAL     # NaN's k becomes a number (p carries the NaN)
+    p, k = _reduced(_NORMAL_LO if x < _NORMAL_LO else x)
+    k = k if k >= _K_NORMAL else _K_NORMAL       # NaN's k becomes a number (p carries the NaN)
     return _ZERO if x < _NORMAL_LO else p * _pow2(k)
 
 
@@ -122,4 +123,4 @@ def normal_cdf(x):
     return _ONE - lower if x >= 0 else lower
 
 
-FUNCTIONS = (_pow2, exp, _exp_negative, tanh, sigmoid, normal_pdf, normal_cdf)
+FUNCTIONS = (_pow2, _reduced, exp, _exp_negative, tanh, sigmoid, normal_pdf, normal_cdf)
