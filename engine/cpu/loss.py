@@ -7,7 +7,7 @@ magnitude 1e4 neither overflow nor lose the loss. The row losses are summed in r
 order after the parallel loop, so the loss is bitwise the same on every run.
 
 softmax and log_softmax (forward and backward) are one prange over rows each, the row's
-sum in float64, in index order: the same bits on every run.
+sum in float64, in a fixed order (vector lanes, see _row_sum): the same bits on every run.
 """
 from __future__ import annotations
 
