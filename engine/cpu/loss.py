@@ -81,7 +81,7 @@ def _softmax_xent(x, labels, dx, row_loss):
     for i in prange(n):
         m = _row_max(x[i])
         for j in range(k):  # a loop of its own, so that it vectorises
-            dx[i, j] = vecmath.exp(x[i, j] - m)  # float32 exp of a value <= 0
+            dx[i, j] = vecmath.exp64(x[i, j] - m)  # exp of a value <= 0 (see exp64)
         total = _row_sum(dx[i])  # float64: the sum of up to K terms in (0, 1]
         scale = inv_n / total  # softmax / N
         for j in range(k):
@@ -147,7 +147,7 @@ def _softmax_rows(x, y, log):
     for i in prange(n):
         m = _row_max(x[i])
         for j in range(k):  # a loop of its own, so that it vectorises; y is overwritten below if log
-            y[i, j] = vecmath.exp(x[i, j] - m)  # float32 exp of a value <= 0
+            y[i, j] = vecmath.exp64(x[i, j] - m)  # exp of a value <= 0 (see exp64)
         total = _row_sum(y[i])  # float64: the sum of K terms in (0, 1]
         if log:
             log_total = np.log(total)
@@ -167,7 +167,7 @@ def _softmax_rows_backward(dy, y, dx, log):
         s = _row_sum(dy[i]) if log else _row_dot(dy[i], y[i])  # float64: sum_k dy, or sum_k dy * y
         for j in range(k):
             if log:
-                dx[i, j] = dy[i, j] - vecmath.exp(y[i, j]) * s  # exp(log softmax) = softmax
+                dx[i, j] = dy[i, j] - vecmath.exp64(y[i, j]) * s  # exp(log softmax) = softmax
             else:
                 dx[i, j] = y[i, j] * (dy[i, j] - s)
 
