@@ -222,3 +222,25 @@ def test_results_are_bitwise_deterministic():
     for _ in range(3):
         again = (*fast.softmax_cross_entropy_forward(logits, labels), fast.mse_loss_forward(logits, target))
         assert all(np.array_equal(a, b) for a, b in zip(first, again))
+
+
+def test_serial_and_parallel_kernels_give_the_same_bits():
+    """The row sums and the MSE chunk sums run in vector lanes (fastmath reassoc on the
+    reductions alone): their order is fixed by the code, so the serial twin that small
+    arrays get and the parallel kernel agree bitwise, at a 1000-class row and an odd size."""
+    rng = rng_for(8)
+    x = (3 * rng.standard_normal((37, 1003))).astype(np.float32)
+    target = rng.standard_normal(x.shape).astype(np.float32)
+    labels = rng.integers(0, x.shape[1], x.shape[0])
+
+    def run(kind: str) -> list:  # kind: "serial" or "parallel", the twin of every kernel
+        out = [np.empty_like(x) for _ in range(4)] + [np.empty(x.shape[0]), np.empty(10)]  # 10 MSE chunks
+        getattr(fast._softmax_rows, kind)(x, out[0], False)
+        getattr(fast._softmax_rows, kind)(x, out[1], True)
+        getattr(fast._softmax_rows_backward, kind)(target, x, out[2], False)
+        getattr(fast._softmax_xent, kind)(x, labels, out[3], out[4])
+        getattr(fast._squared_error_sums, kind)(x.ravel(), target.ravel(), out[5])
+        return out
+
+    for serial, parallel in zip(run("serial"), run("parallel")):
+        assert np.array_equal(serial, parallel)

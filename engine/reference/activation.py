@@ -2,7 +2,8 @@
 
 Elementwise activations are rows of one table, ELEMENTWISE. A row gives an activation's
 float64 formulas forward and backward (the spec), the same math for one element (compiled
-by Numba for the CPU path; the CUDA pair of __device__ functions of the same name lives in
+by Numba for the CPU path, exp/tanh/erf through engine.cpu.vecmath so that the loops
+vectorise; the CUDA pair of __device__ functions of the same name lives in
 kernels/activation.cu), what its backward takes (the forward's output y, which the
 executor keeps anyway, or its input x), its scalar parameters and its PyTorch counterpart.
 Every row becomes two ops, <name>_forward(x, *params) and <name>_backward(dy, y or x,
@@ -19,6 +20,7 @@ import math
 import numpy as np
 
 from engine.cards import LIKE_INPUT, Elementwise, OpCard, Tensor, like_arg, normal
+from engine.cpu import vecmath
 
 _SQRT_HALF = 0.7071067811865476      # 1 / sqrt(2)
 _INV_SQRT_2PI = 0.3989422804014327   # 1 / sqrt(2 pi)
@@ -34,11 +36,6 @@ def _sigmoid(x):
     return np.where(x >= 0, 1.0, e) / (1.0 + e)
 
 
-def _sigmoid_scalar(x, a, b):
-    e = np.exp(-abs(x))  # <= 1: no overflow for any |x|
-    return (1 if x >= 0 else e) / (1 + e)
-
-
 def _gelu_tanh_inner(x):
     return _TANH_K * (x + _TANH_C * x * x * x)
 
@@ -48,9 +45,23 @@ def _gelu_tanh_grad(x):
     return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _TANH_K * (1.0 + 3.0 * _TANH_C * x * x)
 
 
-def _gelu_tanh_backward_scalar(dy, x, a, b):  # one element, for Numba: the two lines above, inlined
-    t = math.tanh(_TANH_K * (x + _TANH_C * x * x * x))
-    return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _TANH_K * (1.0 + 3.0 * _TANH_C * x * x))
+# The scalar forms, for Numba: float32 throughout (a Python float would make Numba compute in
+# float64, at half the vector width), exp/tanh/erf from engine.cpu.vecmath. GELU-tanh as
+# x * s, s = sigmoid(2u) = (1 + tanh u) / 2, u its inner term: then 1 - tanh^2 u = 4 s (1 - s),
+# and neither direction subtracts nearly equal numbers.
+_F0, _F1, _F2K, _F3C, _FC = (np.float32(v) for v in (0.0, 1.0, 2.0 * _TANH_K, 3.0 * _TANH_C, _TANH_C))
+_FX2 = np.float32(1e8)  # x^2 past which s (1 - s) is 0 in float32: the cap keeps inf out of finite x
+
+
+def _gelu_tanh_forward_scalar(x, a, b):
+    return x * vecmath.sigmoid(_F2K * (x + _FC * x * x * x))
+
+
+def _gelu_tanh_backward_scalar(dy, x, a, b):
+    s = vecmath.sigmoid(_F2K * (x + _FC * x * x * x))
+    x2 = x * x
+    x2 = _FX2 if x2 > _FX2 else x2
+    return dy * (s + x * s * (_F1 - s) * _F2K * (_F1 + _F3C * x2))
 
 
 def _onnx_node(op: str):
@@ -81,32 +92,32 @@ ELEMENTWISE = [
     Elementwise("relu",
                 forward=lambda x: np.maximum(x, 0.0),
                 backward=lambda dy, y: dy * (y > 0),   # y > 0 exactly where x > 0
-                scalar_forward=lambda x, a, b: 0.0 if x <= 0 else x,
-                scalar_backward=lambda dy, y, a, b: dy if y > 0 else 0.0,
+                scalar_forward=lambda x, a, b: _F0 if x <= 0 else x,
+                scalar_backward=lambda dy, y, a, b: dy if y > 0 else _F0,
                 torch_forward=lambda T, x: T.F.relu(x),
                 torch_backward=lambda T, dy, y: T.aten.threshold_backward(dy, y, 0),
                 onnx=_onnx_node("Relu")),
     Elementwise("leaky_relu", saves="x", params=("negative_slope",), example=(0.01,),
                 forward=lambda x, slope: np.where(x > 0, x, slope * x),
                 backward=lambda dy, x, slope: dy * np.where(x > 0, 1.0, slope),
-                scalar_forward=lambda x, slope, b: x if x > 0 else slope * x,
-                scalar_backward=lambda dy, x, slope, b: dy if x > 0 else slope * dy,
+                scalar_forward=lambda x, slope, b: x if x > 0 else np.float32(slope) * x,
+                scalar_backward=lambda dy, x, slope, b: dy if x > 0 else np.float32(slope) * dy,
                 torch_forward=lambda T, x, slope: T.F.leaky_relu(x, slope),
                 torch_backward=lambda T, dy, x, slope: T.aten.leaky_relu_backward(dy, x, slope, False),
                 onnx=lambda w, x, out, path, slope: w.node("LeakyRelu", [x], out, alpha=slope)),
     Elementwise("sigmoid", scale=3.0,
                 forward=_sigmoid,
                 backward=lambda dy, y: dy * y * (1.0 - y),
-                scalar_forward=_sigmoid_scalar,
-                scalar_backward=lambda dy, y, a, b: dy * y * (1 - y),
+                scalar_forward=lambda x, a, b: vecmath.sigmoid(x),
+                scalar_backward=lambda dy, y, a, b: dy * y * (_F1 - y),
                 torch_forward=lambda T, x: T.torch.sigmoid(x),
                 torch_backward=lambda T, dy, y: T.aten.sigmoid_backward(dy, y),
                 onnx=_onnx_node("Sigmoid")),
     Elementwise("tanh", scale=2.0,
                 forward=np.tanh,
                 backward=lambda dy, y: dy * (1.0 - y * y),
-                scalar_forward=lambda x, a, b: np.tanh(x),
-                scalar_backward=lambda dy, y, a, b: dy * (1 - y * y),
+                scalar_forward=lambda x, a, b: vecmath.tanh(x),
+                scalar_backward=lambda dy, y, a, b: dy * (_F1 - y * y),
                 torch_forward=lambda T, x: T.torch.tanh(x),
                 torch_backward=lambda T, dy, y: T.aten.tanh_backward(dy, y),
                 onnx=_onnx_node("Tanh")),
@@ -115,9 +126,8 @@ ELEMENTWISE = [
                 forward=lambda x: 0.5 * x * (1.0 + _erf(x * _SQRT_HALF)),
                 backward=lambda dy, x: dy * (0.5 * (1.0 + _erf(x * _SQRT_HALF))
                                              + x * _INV_SQRT_2PI * np.exp(-0.5 * x * x)),
-                scalar_forward=lambda x, a, b: 0.5 * x * (1.0 + math.erf(x * _SQRT_HALF)),
-                scalar_backward=lambda dy, x, a, b: dy * (0.5 * (1.0 + math.erf(x * _SQRT_HALF))
-                                                    + x * _INV_SQRT_2PI * math.exp(-0.5 * x * x)),
+                scalar_forward=lambda x, a, b: x * vecmath.normal_cdf(x),
+                scalar_backward=lambda dy, x, a, b: dy * (vecmath.normal_cdf(x) + x * vecmath.normal_pdf(x)),
                 torch_forward=lambda T, x: T.F.gelu(x),
                 torch_backward=lambda T, dy, x: T.aten.gelu_backward(dy, x),
                 onnx=_gelu_onnx),
@@ -125,7 +135,7 @@ ELEMENTWISE = [
     Elementwise("gelu_tanh", saves="x", scale=2.0,
                 forward=lambda x: 0.5 * x * (1.0 + np.tanh(_gelu_tanh_inner(x))),
                 backward=lambda dy, x: dy * _gelu_tanh_grad(x),
-                scalar_forward=lambda x, a, b: 0.5 * x * (1.0 + math.tanh(_TANH_K * (x + _TANH_C * x * x * x))),
+                scalar_forward=_gelu_tanh_forward_scalar,
                 scalar_backward=_gelu_tanh_backward_scalar,
                 torch_forward=lambda T, x: T.F.gelu(x, approximate="tanh"),
                 torch_backward=lambda T, dy, x: T.aten.gelu_backward(dy, x, approximate="tanh"),
