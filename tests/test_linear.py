@@ -6,7 +6,6 @@ where torch is installed, against torch.nn.functional.linear.
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
 import pytest
 
@@ -153,12 +152,11 @@ def test_numba_is_deterministic():
                 np.testing.assert_array_equal(call(None), first, err_msg=f"{name}: differs between runs")
 
 
-@pytest.mark.parametrize("n,i,o", [(256, 400, 120), (33, 1000, 77), (2, 4096, 1000)])
+@pytest.mark.parametrize("n,i,o", [(256, 800, 200), (33, 1200, 1000), (2, 4096, 4100)])
 def test_products_split_over_threads_match_reference(n, i, o):
     # big enough for engine.cpu.blas to split them (the random configs above stay whole):
     # each thread takes a slice of the weight's rows (forward, dw) or columns (dx)
-    from engine.cpu import blas
-    assert blas.parts(o, n * i * o) == min(numba.get_num_threads(), o) and n * i * o >= blas.SPLIT_MIN_MACS
+    assert n * i * o >= fast.SPLIT_MIN_MACS
     rng = rng_for(n + i + o)
     x, w, b, dy = (rng.standard_normal(s).astype(np.float32) for s in ((n, i), (o, i), (o,), (n, o)))
     what = f"x ({n}, {i}) w ({o}, {i})"

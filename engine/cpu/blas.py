@@ -46,10 +46,11 @@ def _forget_pool_after_fork():
 os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
-def parts(count: int, macs: float, per_thread: int = 1) -> int:
+def parts(count: int, macs: float, per_thread: int = 1, min_macs: float = SPLIT_MIN_MACS) -> int:
     """How many parts to split `count` units of work (samples, rows) of `macs` multiply-adds
-    in all into: per_thread per Numba thread, at most one per unit, one when the work is small."""
-    if macs < SPLIT_MIN_MACS:
+    in all into: per_thread per Numba thread, at most one per unit, one when the work is
+    below min_macs."""
+    if macs < min_macs:
         return 1
     return max(1, min(nb.get_num_threads() * per_thread, count))
 
