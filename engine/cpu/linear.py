@@ -19,10 +19,13 @@ from engine.cpu.arrays import column_sums
 from engine.cpu.parallel import kernel_pair
 
 
-# a product alone (no im2col beside it) splits only from here: below, handing half of it to
-# another thread cost more than it saved (LeNet's fc1, 12 M multiply-adds: 0.24 ms whole,
-# 0.24 ms split; fc2: 0.055 ms whole, 0.125 ms split, on an idle 2-core machine)
-SPLIT_MIN_MACS = 1 << 25
+# a product splits over threads from here (1 M multiply-adds). On an idle machine splitting
+# LeNet's small products gains nothing (fc2 at batch 256: 0.055 ms whole, 0.125 ms split), but
+# one BLAS thread on the whole product sums in another order than two, and LeNet trained with
+# Adam then drifts from PyTorch's by 4e-4 in 20 steps (tests/test_executor.py allows 1e-4): Adam
+# moves a weight by about lr whatever its gradient, so float32 noise in a near-zero gradient
+# becomes a full step. Split, it follows PyTorch within 1e-7 (measured), as before.
+SPLIT_MIN_MACS = 1 << 20
 
 
 def _dot(a, b, shape, out, split_columns: bool = False):
