@@ -80,10 +80,9 @@ def run_train(device: str, quick: bool = False, log=print) -> list[dict]:
     if device == "cpu":
         return run_train_cpu(quick, log)
     torch = torch_or_none()
-    plans = GPU_PLANS
     seconds = 1.5 if quick else 4.0
     rows = []
-    for name, batch in plans:
+    for name, batch in GPU_PLANS:
         contenders: list[tuple[str, Callable]] = [("ours", lambda: our_train_step(name, batch, device))]
         if torch is not None:
             contenders.append(("torch-eager", lambda: torch_train_step(name, batch, device)))
@@ -108,8 +107,8 @@ def run_train_cpu(quick: bool = False, log=print) -> list[dict]:
     repeat; we quote the median images/s of each and the median of the per-repeat ratios
     ours/PyTorch (the speedup: above 1, ours is faster). The rate against the machine's SGEMM
     ceiling (measured in the same run: the better of NumPy's BLAS and PyTorch's) is the
-    step's GEMM FLOPs (engine.measure.step_flops) over its time. Then where our LeNet batch-256 step's time
-    goes, node by node."""
+    step's GEMM FLOPs (engine.measure.step_flops) over its time. Then where our LeNet
+    batch-256 step's time goes, node by node."""
     torch = torch_or_none()
     ceiling = cpu_sgemm_gflops()
     log(f"train: CPU SGEMM ceiling at {ceiling['sgemm_n']}^3 (best of 5): NumPy {ceiling['numpy_sgemm_GFLOPs']:.1f} "

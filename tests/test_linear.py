@@ -156,7 +156,8 @@ def test_numba_is_deterministic():
 def test_products_split_over_threads_match_reference(n, i, o):
     # big enough for engine.cpu.blas to split them (the random configs above stay whole):
     # each thread takes a slice of the weight's rows (forward, dw) or columns (dx)
-    assert n * i * o >= fast.SPLIT_MIN_MACS
+    from engine.cpu import blas
+    assert n * i * o >= blas.SPLIT_MIN_MACS
     rng = rng_for(n + i + o)
     x, w, b, dy = (rng.standard_normal(s).astype(np.float32) for s in ((n, i), (o, i), (o,), (n, o)))
     what = f"x ({n}, {i}) w ({o}, {i})"

@@ -13,8 +13,8 @@ its threads for it.
 
 `parts()` says into how many parts to split; `run_parts(work, bounds)` runs
 work(bounds[i], bounds[i + 1]) for every part and returns the results in part order. The
-calling thread and the pool's take the next part not yet taken, so with a few parts per
-thread a thread that the machine delays (a busy machine deschedules one now and then) holds
+calling thread and the pool's take the next part not yet taken, so with more parts than
+threads (the convolutions cut the batch in up to 8) a thread that the machine delays (a busy machine deschedules one now and then) holds
 the others up by one part at most. Results depend on how the work is split (the part
 bounds), never on which thread ran a part.
 """
@@ -46,13 +46,12 @@ def _forget_pool_after_fork():
 os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
-def parts(count: int, macs: float, per_thread: int = 1, min_macs: float = SPLIT_MIN_MACS) -> int:
-    """How many parts to split `count` units of work (samples, rows) of `macs` multiply-adds
-    in all into: per_thread per Numba thread, at most one per unit, one when the work is
-    below min_macs."""
-    if macs < min_macs:
+def parts(count: int, macs: float) -> int:
+    """How many parts to split `count` units of work (rows, columns) of `macs` multiply-adds
+    in all into: one per Numba thread, at most one per unit, one when the work is small."""
+    if macs < SPLIT_MIN_MACS:
         return 1
-    return max(1, min(nb.get_num_threads() * per_thread, count))
+    return max(1, min(nb.get_num_threads(), count))
 
 
 def bounds(count: int, n_parts: int) -> list[int]:
@@ -72,9 +71,10 @@ def blas_threads() -> list[int]:
     return [lib.get_num_threads() for lib in _libraries()]
 
 
-def _set_blas_threads(counts) -> list:
+def _set_blas_threads(counts: list) -> list:
+    """Give each BLAS library its count (a None or 0 count leaves it); returns the previous counts."""
     previous = blas_threads()
-    for lib, n in zip(_blas, counts if counts is not None else [1] * len(_blas)):
+    for lib, n in zip(_blas, counts):
         if n:
             lib.set_num_threads(n)
     return previous
@@ -106,7 +106,7 @@ def run_parts(work, part_bounds: list[int], blas_threads: bool = False) -> list:
                 _pool.shutdown(wait=False)
             _pool = ThreadPoolExecutor(max_workers=helpers, thread_name_prefix="engine-cpu")
             _pool_size = helpers
-        previous = _set_blas_threads(None)
+        previous = _set_blas_threads([1] * len(_libraries()))
         try:
             futures = [_pool.submit(take_parts) for _ in range(helpers)]
             try:

@@ -19,9 +19,10 @@ How the work is split (measured at the LeNet shapes, batch 256, on 2 cores):
   hundreds of MiB of columns.
 * The batch is split into up to _MAX_PARTS consecutive chunks, which the threads of
   engine.cpu.blas take in turn, with BLAS held to one thread; the Numba kernels on that
-  path release the GIL (nogil) and run serially inside their part. Only a single sample (nothing to split)
-  lets BLAS thread its GEMMs. Mixing both (parallel Numba loops between threaded GEMMs) was
-  1.3-2x slower, and collapsed on a busy machine, where spinning thread pools fight.
+  path release the GIL (nogil) and run serially inside their part. Only a single sample
+  (nothing to split) lets BLAS thread its GEMMs. Mixing both (parallel Numba loops between
+  threaded GEMMs) was 1.3-2x slower, and collapsed on a busy machine, where spinning thread
+  pools fight.
 * The public im2col / col2im ops run alone, so they use parallel=True kernels.
 
 Results are deterministic, whatever the thread count: every sample is computed by one

@@ -19,23 +19,21 @@ from engine.cpu.arrays import column_sums
 from engine.cpu.parallel import kernel_pair
 
 
-# a product splits over threads from here (1 M multiply-adds). On an idle machine splitting
-# LeNet's small products gains nothing (fc2 at batch 256: 0.055 ms whole, 0.125 ms split), but
-# one BLAS thread on the whole product sums in another order than two, and LeNet trained with
-# Adam then drifts from PyTorch's by 4e-4 in 20 steps (tests/test_executor.py allows 1e-4): Adam
-# moves a weight by about lr whatever its gradient, so float32 noise in a near-zero gradient
-# becomes a full step. Split, it follows PyTorch within 1e-7 (measured), as before.
-SPLIT_MIN_MACS = 1 << 20
-
-
 def _dot(a, b, shape, out, split_columns: bool = False):
     """a @ b into out (allocated when None); returns it. Split over threads (engine.cpu.blas)
     by rows of the result, or by its columns when split_columns (each part then writes a
-    temporary, copied into its columns)."""
+    temporary, copied into its columns).
+
+    Products split from blas.SPLIT_MIN_MACS (1 M multiply-adds), LeNet's too. On an idle
+    machine splitting those gains nothing (fc2 at batch 256: 0.055 ms whole, 0.125 ms split),
+    but one BLAS thread on the whole product sums in another order than two, and LeNet
+    trained with Adam then drifts from PyTorch's by 4e-4 in 20 steps (tests/test_executor.py
+    allows 1e-4): Adam moves a weight by about lr whatever its gradient, so float32 noise in a
+    near-zero gradient becomes a full step. Split, it follows PyTorch within 1e-7 (measured)."""
     if out is None:
         out = np.empty(shape, dtype=np.float32)
     count = shape[1] if split_columns else shape[0]
-    n_parts = blas.parts(count, float(shape[0]) * shape[1] * a.shape[1], min_macs=SPLIT_MIN_MACS)
+    n_parts = blas.parts(count, float(shape[0]) * shape[1] * a.shape[1])
     if n_parts == 1:
         blas.run_parts(lambda i0, i1: np.dot(a, b, out=out), [0, count])
     elif split_columns:
