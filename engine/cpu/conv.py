@@ -44,6 +44,10 @@ _BLAS_SERIAL_MACS = 65536 * 4
 # delays holds the others up by one part at most. The parts follow from the batch and the
 # layer alone, so the results do not depend on the thread count.
 _MAX_PARTS = 8
+# the weight gradient sets a chunk's samples side by side when one sample's product (CRS, K)
+# is bigger than this, with chunks of at least this many output cells (m*P*Q) to sum over
+_WIDE_MIN_BYTES = 256 << 10
+_WIDE_DEPTH = 512
 
 
 def _empty(shape, out):
@@ -66,15 +70,17 @@ def _span(n_out, stride, offset, size):
 
 
 @nb.njit(cache=True, inline="always")
-def _im2col_taps(xf, cf, ncr, h_, w_, r_, s_, sh, sw, ph, pw, p_, q_):
+def _im2col_taps(xf, cf, ncr, c_, h_, w_, r_, s_, sh, sw, ph, pw, p_, q_, n_step, row_step):
     # task ncr = (n*C + c)*R + r: the S taps (r, 0..S-1) of plane (n, c) into cols rows
-    # ncr*S .. ncr*S + S-1 (of the flat (N, C*R*S, P*Q) array)
+    # crs = (c*R + r)*S + s of sample n, row (n, crs) starting at n*n_step + crs*row_step of
+    # the flat cols: (N, CRS, PQ) has steps (CRS*PQ, PQ), the wide (CRS, N*PQ) (PQ, N*PQ)
     nc, r = ncr // r_, ncr % r_
+    n, c = nc // c_, nc % c_
     xoff = nc * h_ * w_
     p_lo, p_hi = _span(p_, sh, r - ph, h_)
     for s in range(s_):
         q_lo, q_hi = _span(q_, sw, s - pw, w_)
-        row = (ncr * s_ + s) * p_ * q_
+        row = n * n_step + ((c * r_ + r) * s_ + s) * row_step
         for i in range(row, row + p_lo * q_):            # rows of padding above
             cf[i] = 0.0
         for i in range(row + p_hi * q_, row + p_ * q_):  # and below
@@ -127,8 +133,9 @@ def _im2col_parallel(x, r_, s_, sh, sw, ph, pw, p_, q_, cols):
     # x (N, C, H, W) -> cols (N, C*R*S, P*Q); one (n, c, r) task per iteration
     n_, c_, h_, w_ = x.shape
     xf, cf = x.reshape(-1), cols.reshape(-1)
+    pq = p_ * q_
     for ncr in nb.prange(n_ * c_ * r_):
-        _im2col_taps(xf, cf, ncr, h_, w_, r_, s_, sh, sw, ph, pw, p_, q_)
+        _im2col_taps(xf, cf, ncr, c_, h_, w_, r_, s_, sh, sw, ph, pw, p_, q_, c_ * r_ * s_ * pq, pq)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -136,8 +143,20 @@ def _im2col_serial(x, r_, s_, sh, sw, ph, pw, p_, q_, cols):
     # as _im2col_parallel, on the calling thread, without the GIL
     n_, c_, h_, w_ = x.shape
     xf, cf = x.reshape(-1), cols.reshape(-1)
+    pq = p_ * q_
     for ncr in range(n_ * c_ * r_):
-        _im2col_taps(xf, cf, ncr, h_, w_, r_, s_, sh, sw, ph, pw, p_, q_)
+        _im2col_taps(xf, cf, ncr, c_, h_, w_, r_, s_, sh, sw, ph, pw, p_, q_, c_ * r_ * s_ * pq, pq)
+
+
+@nb.njit(cache=True, nogil=True)
+def _im2col_wide_serial(x, r_, s_, sh, sw, ph, pw, p_, q_, cols):
+    # x (m, C, H, W) -> cols (C*R*S, m*P*Q): the samples side by side, so one GEMM sums over
+    # all of them; on the calling thread, without the GIL
+    n_, c_, h_, w_ = x.shape
+    xf, cf = x.reshape(-1), cols.reshape(-1)
+    pq = p_ * q_
+    for ncr in range(n_ * c_ * r_):
+        _im2col_taps(xf, cf, ncr, c_, h_, w_, r_, s_, sh, sw, ph, pw, p_, q_, pq, n_ * pq)
 
 
 @nb.njit(cache=True, parallel=True)
@@ -201,10 +220,13 @@ def gemm(a, b, trans_a=False, trans_b=False, out=None):
     return out
 
 
-def _split_batch(work, n, per_sample_macs, per_sample_bytes):
+def _split_batch(work, n, per_sample_macs, per_sample_bytes, min_chunk=1):
     """Run work(n0, n1, chunk) over consecutive parts of range(n), `chunk` samples each (the
-    last may be shorter), on engine.cpu.blas's threads; return the results in order."""
-    chunk = max(1, min(n, _CHUNK_BYTES // max(1, per_sample_bytes), -(-n // _MAX_PARTS)))
+    last may be shorter), on engine.cpu.blas's threads; return the results in order. A chunk
+    holds what fits _CHUNK_BYTES, but at least min_chunk samples, and at most an even share
+    of _MAX_PARTS parts."""
+    fits = max(min_chunk, _CHUNK_BYTES // max(1, per_sample_bytes))
+    chunk = max(1, min(n, fits, -(-n // _MAX_PARTS)))
     bounds = list(range(0, n, chunk)) + [n]
     if n * per_sample_macs < blas.SPLIT_MIN_MACS:  # too little to wake a thread for
         return [work(a, b, chunk) for a, b in zip(bounds, bounds[1:])]
@@ -259,11 +281,17 @@ def conv2d_backward_weight(dy, x, w_shape, stride, padding, out=None):
     """dy (N, K, P, Q), x (N, C, H, W) -> dw (K, C, R, S), float32."""
     n, k, p, q = dy.shape
     _, c, r, s = w_shape
-    crs = c * r * s
-    dy3 = dy.reshape(n, k, p * q)
+    crs, pq = c * r * s, p * q
+    dy3 = dy.reshape(n, k, pq)
+    # Two ways to sum over the batch, by where one sample's product (CRS, K) lives. Small
+    # (LeNet: <= 10 KB, in L1): a product per sample, summed in float64. Large (AlexNet's
+    # 13x13 layers: 2.6 MB, past L2): that sum runs from memory and took as long as the
+    # GEMMs, so the chunk's samples are set side by side, (CRS, m*PQ), and one GEMM sums
+    # over all of them, the chunk made deep enough (m*PQ >= _WIDE_DEPTH) to keep BLAS busy.
+    wide = crs * k * 4 > _WIDE_MIN_BYTES
 
-    def work(n0, n1, chunk):
-        cols = np.empty((chunk, crs, p * q), dtype=np.float32)
+    def per_sample(n0, n1, chunk):
+        cols = np.empty((chunk, crs, pq), dtype=np.float32)
         total = np.zeros((crs, k), dtype=np.float64)            # dw transposed
         for a in range(n0, n1, chunk):
             e = min(n1, a + chunk)
@@ -273,7 +301,19 @@ def conv2d_backward_weight(dy, x, w_shape, stride, padding, out=None):
             total += np.matmul(cols[:e - a], dy3[a:e].transpose(0, 2, 1)).sum(axis=0, dtype=np.float64)
         return total
 
-    parts = _split_batch(work, n, k * crs * p * q, crs * p * q * 4)
+    def side_by_side(n0, n1, chunk):
+        total = None
+        for a in range(n0, n1, chunk):
+            e = min(n1, a + chunk)
+            cols = np.empty((crs, (e - a) * pq), dtype=np.float32)
+            _im2col_wide_serial(x[a:e], r, s, stride[0], stride[1], padding[0], padding[1], p, q, cols)
+            dyw = np.ascontiguousarray(dy3[a:e].transpose(1, 0, 2)).reshape(k, (e - a) * pq)
+            part = np.dot(cols, dyw.T)                          # (CRS, m*PQ) @ (m*PQ, K) -> (CRS, K)
+            total = part.astype(np.float64) if total is None else total + part
+        return total
+
+    parts = _split_batch(side_by_side if wide else per_sample, n, k * crs * pq, crs * pq * 4,
+                         min_chunk=-(-_WIDE_DEPTH // pq) if wide else 1)
     for part in parts[1:]:
         parts[0] += part
     dw = _empty(tuple(w_shape), out)
