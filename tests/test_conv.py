@@ -129,6 +129,19 @@ def test_conv2d_backward_weight_matches_reference():
                      **tol("conv"), what=f"conv2d_backward_weight {describe(cfg)}")
 
 
+def test_conv2d_backward_weight_side_by_side_matches_reference(monkeypatch):
+    # the path AlexNet's big layers take (a chunk's samples side by side, one GEMM over them),
+    # forced on every config, with chunks of several samples
+    monkeypatch.setattr(fast, "_WIDE_MIN_BYTES", -1)
+    monkeypatch.setattr(fast, "_WIDE_DEPTH", 8)
+    monkeypatch.setattr(fast, "_MAX_PARTS", 1)
+    for cfg in CONFIGS + [dict(cfg, n=5) for cfg in CONFIGS[:20]]:
+        x, w, _, dy = draw(cfg)
+        assert_close(fast.conv2d_backward_weight(dy, x, w.shape, cfg["stride"], cfg["padding"]),
+                     ref.conv2d_backward_weight(dy, x, w.shape, cfg["stride"], cfg["padding"]),
+                     **tol("conv"), what=f"conv2d_backward_weight side by side {describe(cfg)}")
+
+
 @pytest.mark.parametrize("n,c,h,k,pad", [
     (32, 6, 14, 16, 0),   # LeNet conv2: small per-sample GEMMs, the batch split over threads
     (3, 16, 12, 32, 2),   # a per-sample GEMM big enough for BLAS to thread: one part
@@ -230,6 +243,8 @@ OUT_CFG = dict(n=2, c=3, h=9, w=7, k=4, kernel=(3, 2), stride=(2, 1), padding=(1
 BIG_CFGS = [  # the batch split over threads (small per-sample GEMM), and BLAS threading (bigger one)
     dict(n=16, c=6, h=14, w=14, k=16, kernel=(5, 5), stride=(1, 1), padding=(0, 0), seed=5),
     dict(n=4, c=16, h=14, w=14, k=32, kernel=(5, 5), stride=(1, 1), padding=(2, 2), seed=6),
+    # a weight gradient past L2 per sample: the samples of a chunk side by side
+    dict(n=24, c=64, h=7, w=7, k=128, kernel=(3, 3), stride=(1, 1), padding=(1, 1), seed=8),
 ]
 
 
