@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from engine.cpu import conv as fast
+from engine.cpu import winograd
 from engine.reference import conv as ref
 from engine.shapes import window_output_hw
 from engine.tolerances import assert_close, tol
@@ -142,6 +143,44 @@ def test_conv2d_backward_weight_side_by_side_matches_reference(monkeypatch):
                      **tol("conv"), what=f"conv2d_backward_weight side by side {describe(cfg)}")
 
 
+def winograd_config(seed: int) -> dict:
+    """A 3x3 stride-1 problem engine.cpu.conv hands to Winograd F(2x2, 3x3): odd and even,
+    square and not, down to 1x1 outputs, every padding it takes."""
+    rng = rng_for(seed + 20_000)
+    ph, pw = (int(v) for v in rng.integers(0, 3, size=2))
+    h, w = int(rng.integers(max(1, 3 - 2 * ph), 12)), int(rng.integers(max(1, 3 - 2 * pw), 12))
+    return dict(n=int(rng.choice([1, 2, 5])), c=int(rng.choice([16, 17, 24])), k=int(rng.choice([16, 19, 32])),
+                h=h, w=w, kernel=(3, 3), stride=(1, 1), padding=(ph, pw), seed=seed)
+
+
+WINOGRAD_CONFIGS = [winograd_config(seed) for seed in range(30)]
+
+
+def test_winograd_takes_3x3_stride_1_convolutions_with_enough_channels():
+    assert all(winograd.applies(c["c"], c["k"], c["kernel"], c["stride"], c["padding"]) for c in WINOGRAD_CONFIGS)
+    assert {c["padding"][0] for c in WINOGRAD_CONFIGS} == {0, 1, 2}
+    assert not winograd.applies(16, 16, (3, 3), (2, 2), (1, 1))     # stride 2: im2col
+    assert not winograd.applies(16, 16, (3, 3), (1, 1), (3, 3))     # backward data would pad -1
+    assert not winograd.applies(3, 64, (3, 3), (1, 1), (1, 1))      # an RGB input: too few channels
+    assert not winograd.applies(16, 16, (5, 5), (1, 1), (2, 2))
+
+
+@pytest.mark.parametrize("min_tiles", [256, 1], ids=["chunks-as-shipped", "a-chunk-per-sample"])
+def test_winograd_matches_reference(monkeypatch, min_tiles):
+    monkeypatch.setattr(winograd, "_MIN_TILES", min_tiles)
+    for cfg in WINOGRAD_CONFIGS:
+        x, w, b, dy = draw(cfg)
+        st, pd, what = cfg["stride"], cfg["padding"], describe(cfg)
+        for bias in (b, None):
+            assert_close(fast.conv2d_forward(x, w, bias, st, pd), ref.conv2d_forward(x, w, bias, st, pd),
+                         **tol("conv"), what=f"Winograd conv2d_forward {what} bias={bias is not None}")
+        assert_close(fast.conv2d_backward_data(dy, w, x.shape, st, pd), ref.conv2d_backward_data(dy, w, x.shape, st, pd),
+                     **tol("conv"), what=f"Winograd conv2d_backward_data {what}")
+        assert_close(fast.conv2d_backward_weight(dy, x, w.shape, st, pd),
+                     ref.conv2d_backward_weight(dy, x, w.shape, st, pd), **tol("conv"),
+                     what=f"Winograd conv2d_backward_weight {what}")
+
+
 @pytest.mark.parametrize("n,c,h,k,pad", [
     (32, 6, 14, 16, 0),   # LeNet conv2: small per-sample GEMMs, the batch split over threads
     (3, 16, 12, 32, 2),   # a per-sample GEMM big enough for BLAS to thread: one part
@@ -244,7 +283,9 @@ BIG_CFGS = [  # the batch split over threads (small per-sample GEMM), and BLAS t
     dict(n=16, c=6, h=14, w=14, k=16, kernel=(5, 5), stride=(1, 1), padding=(0, 0), seed=5),
     dict(n=4, c=16, h=14, w=14, k=32, kernel=(5, 5), stride=(1, 1), padding=(2, 2), seed=6),
     # a weight gradient past L2 per sample: the samples of a chunk side by side
-    dict(n=24, c=64, h=7, w=7, k=128, kernel=(3, 3), stride=(1, 1), padding=(1, 1), seed=8),
+    dict(n=24, c=64, h=7, w=7, k=128, kernel=(3, 3), stride=(3, 3), padding=(1, 1), seed=8),
+    # Winograd, the batch in several chunks
+    dict(n=40, c=16, h=9, w=9, k=24, kernel=(3, 3), stride=(1, 1), padding=(1, 1), seed=9),
 ]
 
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from engine.cpu import blas
+from engine.cpu import blas, winograd
 from engine.shapes import window_output_hw
 
 _CHUNK_BYTES = 2 << 20
@@ -240,8 +240,10 @@ def conv2d_forward(x, w, b, stride, padding, out=None):
     k, _, r, s = w.shape
     crs = c * r * s
     p, q = window_output_hw(h, wd, (r, s), stride, padding)
-    w2 = w.reshape(k, crs)
     y = _empty((n, k, p, q), out)
+    if winograd.applies(c, k, (r, s), stride, padding):
+        return winograd.conv2d_forward(x, w, b, padding, y)
+    w2 = w.reshape(k, crs)
     y3 = y.reshape(n, k, p * q)                              # a view: matmul writes straight into y
 
     def work(n0, n1, chunk):
@@ -262,9 +264,11 @@ def conv2d_backward_data(dy, w, x_shape, stride, padding, out=None):
     n, k, p, q = dy.shape
     _, c, r, s = w.shape
     crs = c * r * s
+    dx = _empty(tuple(x_shape), out)
+    if winograd.applies(c, k, (r, s), stride, padding):
+        return winograd.conv2d_backward_data(dy, w, x_shape, padding, dx)
     w2t = w.reshape(k, crs).T                                # (CRS, K): BLAS reads it transposed
     dy3 = dy.reshape(n, k, p * q)
-    dx = _empty(tuple(x_shape), out)
 
     def work(n0, n1, chunk):
         dcols = np.empty((chunk, crs, p * q), dtype=np.float32)
@@ -282,6 +286,8 @@ def conv2d_backward_weight(dy, x, w_shape, stride, padding, out=None):
     n, k, p, q = dy.shape
     _, c, r, s = w_shape
     crs, pq = c * r * s, p * q
+    if winograd.applies(c, k, (r, s), stride, padding):
+        return winograd.conv2d_backward_weight(dy, x, w_shape, padding, _empty(tuple(w_shape), out))
     dy3 = dy.reshape(n, k, pq)
     # Two ways to sum over the batch, by where one sample's product (CRS, K) lives. Small
     # (LeNet: <= 10 KB, in L1): a product per sample, summed in float64. Large (AlexNet's

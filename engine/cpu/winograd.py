@@ -1,0 +1,314 @@
+"""3x3 stride-1 convolution on the CPU by Winograd's minimal filtering, F(2x2, 3x3).
+
+The same three ops as engine.cpu.conv (the spec is engine.reference.conv), for the layers
+where most of a ResNet's and AlexNet's conv3-5's time goes. im2col + GEMM spends 9
+multiply-adds on each output per input channel; F(2x2, 3x3) computes a 2x2 output tile
+from a 4x4 input tile with 16, so 2.25x fewer, the rest being additions (Lavin & Gray,
+"Fast Algorithms for Convolutional Neural Networks", 2016). Per tile, channel by channel:
+
+    y = A^T [ (G g G^T) (.) (B^T d B) ] A         d 4x4 input tile, g 3x3 filter, (.) elementwise
+
+    B^T = | 1  0 -1  0 |     G = | 1    0    0  |     A^T = | 1  1  1  0 |
+          | 0  1  1  0 |         | 1/2  1/2  1/2 |           | 0  1 -1 -1 |
+          | 0 -1  1  0 |         | 1/2 -1/2  1/2 |
+          | 0  1  0 -1 |         | 0    0    1  |
+
+Summing over the input channels turns the elementwise products into 16 GEMMs, one per
+position of the 4x4 tile, over the tiles of a chunk of samples:
+
+    U (16, K, C)  = G g G^T         the filters, transformed once per call (float64, then float32)
+    V (16, C, T)  = B^T d B         every 4x4 input tile t of the chunk (T = m * TP * TQ tiles)
+    M (16, K, T)  = U @ V           16 GEMMs (np.matmul, BLAS)
+    y             = A^T M A (+ b)   each 2x2 output tile
+
+backward data is the forward convolution of dy with the filters flipped and transposed
+(C, K, 3, 3), padded 2 - padding. backward weight is the transpose of the forward map:
+
+    dW (K, C, 3, 3) = G^T [ sum_t (A dy_t A^T) (.) (B^T d_t B) ] G     (.. the sum: 16 GEMMs Z @ V^T)
+
+with dy_t a 2x2 output tile (zero past the output's edge). The transforms add and subtract
+values of one magnitude and halve exactly, so float32 results stay within the conv
+tolerance of the float64 spec (tests/test_conv.py checks every path against it).
+
+Work is split as in engine.cpu.conv: the batch in chunks of consecutive samples (at most
+_MAX_PARTS), which engine.cpu.blas's threads take in turn, BLAS on one thread; the weight
+gradient adds the chunks' sums in order in float64, so no result depends on the thread count.
+"""
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from engine.cpu import blas
+
+# a chunk holds enough samples for this many tiles (the GEMMs' N: 16 GEMMs of (K, C) @ (C, T)
+# ran at 75-80% of BLAS's rate at T = 100, 85-90% from T = 200), the batch in at most
+# _MAX_PARTS chunks
+_MIN_TILES = 256
+_MAX_PARTS = 8
+# below this many channels in or out the transforms cost more than the multiply-adds saved
+# (at 8 in and out, 32x32, Winograd took 2.1x the time of im2col + GEMM; at 16, 0.8-1.07x)
+_MIN_CHANNELS = 16
+
+
+def applies(c: int, k: int, kernel, stride, padding) -> bool:
+    """Whether engine.cpu.conv hands a convolution to this module: 3x3, stride 1, padding
+    0..2 (backward data pads 2 - padding), at least _MIN_CHANNELS channels in and out."""
+    return (tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and all(0 <= p <= 2 for p in padding)
+            and c >= _MIN_CHANNELS and k >= _MIN_CHANNELS)
+
+
+# ---------------------------------------------------------------- kernels
+# Each works on one chunk, on the calling thread, without the GIL. The tile loops index a
+# zero-padded copy of the chunk, so they need no bounds checks and LLVM vectorizes them.
+
+
+@nb.njit(cache=True, inline="always")
+def _bt(d0, d1, d2, d3):
+    # B^T applied to a column (d0, d1, d2, d3) of a 4x4 input tile
+    return d0 - d2, d1 + d2, d2 - d1, d1 - d3
+
+
+@nb.njit(cache=True, inline="always")
+def _at(m0, m1, m2, m3):
+    # A^T applied to a column of a 4x4 product tile
+    return m0 + m1 + m2, m1 - m2 - m3
+
+
+@nb.njit(cache=True, inline="always")
+def _a(e0, e1):
+    # A applied to a column (e0, e1) of a 2x2 output-gradient tile
+    return e0, e0 + e1, e0 - e1, -e1
+
+
+@nb.njit(cache=True, inline="always")
+def _g(g0, g1, g2):
+    # G applied to a column (g0, g1, g2) of a 3x3 filter
+    return g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2
+
+
+@nb.njit(cache=True, inline="always")
+def _gt(m0, m1, m2, m3):
+    # G^T applied to a column of a 4x4 filter-gradient tile
+    return m0 + 0.5 * (m1 + m2), 0.5 * (m1 - m2), 0.5 * (m1 + m2) + m3
+
+
+@nb.njit(cache=True)
+def _filter_tiles(w, u):
+    # w (K, C, 3, 3) -> u (16, K, C): u[4a + b, k, c] = (G g G^T)[a, b], in float64
+    k_, c_ = w.shape[0], w.shape[1]
+    for k in range(k_):
+        for c in range(c_):
+            # G g, column by column: rows f0..f3 of 3 values each (no view of w[k, c]: creating
+            # one per pair cost more than its arithmetic)
+            f00, f10, f20, f30 = _g(np.float64(w[k, c, 0, 0]), np.float64(w[k, c, 1, 0]), np.float64(w[k, c, 2, 0]))
+            f01, f11, f21, f31 = _g(np.float64(w[k, c, 0, 1]), np.float64(w[k, c, 1, 1]), np.float64(w[k, c, 2, 1]))
+            f02, f12, f22, f32 = _g(np.float64(w[k, c, 0, 2]), np.float64(w[k, c, 1, 2]), np.float64(w[k, c, 2, 2]))
+            # (G g) G^T, row by row
+            u[0, k, c], u[1, k, c], u[2, k, c], u[3, k, c] = _g(f00, f01, f02)
+            u[4, k, c], u[5, k, c], u[6, k, c], u[7, k, c] = _g(f10, f11, f12)
+            u[8, k, c], u[9, k, c], u[10, k, c], u[11, k, c] = _g(f20, f21, f22)
+            u[12, k, c], u[13, k, c], u[14, k, c], u[15, k, c] = _g(f30, f31, f32)
+
+
+@nb.njit(cache=True, nogil=True)
+def _filter_gradient(parts, k0, k1, dw):
+    # parts (n_parts, 16, K, C) -> dw[k0:k1] (K, C, 3, 3) = G^T M G per (k, c), M the parts
+    # added in order in float64
+    n_parts, c_ = parts.shape[0], parts.shape[3]
+    mt = np.empty(16)
+    for k in range(k0, k1):
+        for c in range(c_):
+            for i in range(16):
+                total = 0.0
+                for part in range(n_parts):
+                    total += parts[part, i, k, c]
+                mt[i] = total
+            # G^T M, column by column: rows f0..f2 of 4 values each
+            f00, f10, f20 = _gt(mt[0], mt[4], mt[8], mt[12])
+            f01, f11, f21 = _gt(mt[1], mt[5], mt[9], mt[13])
+            f02, f12, f22 = _gt(mt[2], mt[6], mt[10], mt[14])
+            f03, f13, f23 = _gt(mt[3], mt[7], mt[11], mt[15])
+            # (G^T M) G, row by row
+            dw[k, c, 0, 0], dw[k, c, 0, 1], dw[k, c, 0, 2] = _gt(f00, f01, f02, f03)
+            dw[k, c, 1, 0], dw[k, c, 1, 1], dw[k, c, 1, 2] = _gt(f10, f11, f12, f13)
+            dw[k, c, 2, 0], dw[k, c, 2, 1], dw[k, c, 2, 2] = _gt(f20, f21, f22, f23)
+
+
+@nb.njit(cache=True, nogil=True)
+def _input_tiles(xp, tp_, tq_, v):
+    # xp (m, C, 2TP+2, 2TQ+2) zero-padded -> v (16, C, m*TP*TQ): v[4a + b, c, t] = (B^T d B)[a, b]
+    # for the 4x4 patch d at rows 2i.., cols 2j.. of tile t = (n*TP + i)*TQ + j
+    m_, c_ = xp.shape[0], xp.shape[1]
+    for n in range(m_):
+        for c in range(c_):
+            plane = xp[n, c]
+            for i in range(tp_):
+                r0, r1, r2, r3 = plane[2 * i], plane[2 * i + 1], plane[2 * i + 2], plane[2 * i + 3]
+                t0 = (n * tp_ + i) * tq_
+                for j in range(tq_):
+                    q = 2 * j
+                    # B^T d, column by column: rows u0..u3 of 4 values each
+                    u00, u10, u20, u30 = _bt(r0[q], r1[q], r2[q], r3[q])
+                    u01, u11, u21, u31 = _bt(r0[q + 1], r1[q + 1], r2[q + 1], r3[q + 1])
+                    u02, u12, u22, u32 = _bt(r0[q + 2], r1[q + 2], r2[q + 2], r3[q + 2])
+                    u03, u13, u23, u33 = _bt(r0[q + 3], r1[q + 3], r2[q + 3], r3[q + 3])
+                    # (B^T d) B, row by row
+                    v[0, c, t0 + j], v[1, c, t0 + j], v[2, c, t0 + j], v[3, c, t0 + j] = _bt(u00, u01, u02, u03)
+                    v[4, c, t0 + j], v[5, c, t0 + j], v[6, c, t0 + j], v[7, c, t0 + j] = _bt(u10, u11, u12, u13)
+                    v[8, c, t0 + j], v[9, c, t0 + j], v[10, c, t0 + j], v[11, c, t0 + j] = _bt(u20, u21, u22, u23)
+                    v[12, c, t0 + j], v[13, c, t0 + j], v[14, c, t0 + j], v[15, c, t0 + j] = _bt(u30, u31, u32, u33)
+
+
+@nb.njit(cache=True, nogil=True)
+def _output_tiles(mt, b, has_bias, tp_, tq_, yp):
+    # mt (16, K, m*TP*TQ) -> yp (m, K, 2TP, 2TQ): each 2x2 tile = A^T M A (+ b[k]); the caller
+    # crops the padded tiles to (P, Q)
+    k_ = mt.shape[1]
+    m_ = yp.shape[0]
+    for n in range(m_):
+        for k in range(k_):
+            bias = b[k] if has_bias else np.float32(0.0)
+            for i in range(tp_):
+                y0, y1 = yp[n, k, 2 * i], yp[n, k, 2 * i + 1]
+                t0 = (n * tp_ + i) * tq_
+                for j in range(tq_):
+                    t = t0 + j
+                    # A^T M, column by column: rows w0 and w1 of 4 values each
+                    w00, w10 = _at(mt[0, k, t], mt[4, k, t], mt[8, k, t], mt[12, k, t])
+                    w01, w11 = _at(mt[1, k, t], mt[5, k, t], mt[9, k, t], mt[13, k, t])
+                    w02, w12 = _at(mt[2, k, t], mt[6, k, t], mt[10, k, t], mt[14, k, t])
+                    w03, w13 = _at(mt[3, k, t], mt[7, k, t], mt[11, k, t], mt[15, k, t])
+                    a0, a1 = _at(w00, w01, w02, w03)
+                    c0, c1 = _at(w10, w11, w12, w13)
+                    y0[2 * j], y0[2 * j + 1] = a0 + bias, a1 + bias
+                    y1[2 * j], y1[2 * j + 1] = c0 + bias, c1 + bias
+
+
+@nb.njit(cache=True, nogil=True)
+def _gradient_tiles(dyp, tp_, tq_, z):
+    # dyp (m, K, 2TP, 2TQ), zero past the output -> z (16, K, m*TP*TQ): z[4a + b, k, t] =
+    # (A e A^T)[a, b] for the 2x2 tile e of tile t
+    m_, k_ = dyp.shape[0], dyp.shape[1]
+    for n in range(m_):
+        for k in range(k_):
+            for i in range(tp_):
+                e0, e1 = dyp[n, k, 2 * i], dyp[n, k, 2 * i + 1]
+                t0 = (n * tp_ + i) * tq_
+                for j in range(tq_):
+                    t = t0 + j
+                    # A e, column by column: rows s0..s3 of 2 values each
+                    s00, s10, s20, s30 = _a(e0[2 * j], e1[2 * j])
+                    s01, s11, s21, s31 = _a(e0[2 * j + 1], e1[2 * j + 1])
+                    # (A e) A^T, row by row
+                    z[0, k, t], z[1, k, t], z[2, k, t], z[3, k, t] = _a(s00, s01)
+                    z[4, k, t], z[5, k, t], z[6, k, t], z[7, k, t] = _a(s10, s11)
+                    z[8, k, t], z[9, k, t], z[10, k, t], z[11, k, t] = _a(s20, s21)
+                    z[12, k, t], z[13, k, t], z[14, k, t], z[15, k, t] = _a(s30, s31)
+
+
+# ---------------------------------------------------------------- the three ops
+
+
+def _stack(rows: int, cols: int, stacks: int | None = None):
+    """An empty float32 (16, rows, cols) array, or (stacks, 16, rows, cols), whose matrices
+    start an odd number of 64-byte cache lines apart. The transforms read or write all 16 at
+    once: matrices a multiple of 4 KiB apart (AlexNet conv4's filters: 256 x 384 floats,
+    96 x 4 KiB) fall into the same cache sets, more than L1 has ways for, and the filter
+    transform ran 7x slower."""
+    lines = -(-rows * cols // 16)
+    lines += 1 - lines % 2
+    flat = np.empty(((stacks or 1) * 16, lines * 16), dtype=np.float32)
+    stack = flat[:, :rows * cols].reshape(stacks or 1, 16, rows, cols)
+    return stack[0] if stacks is None else stack
+
+
+def _tiles(p: int, q: int) -> tuple[int, int]:
+    return -(-p // 2), -(-q // 2)
+
+
+def _padded(x, ph, pw, rows, cols):
+    """x (m, C, H, W) at rows ph.., cols pw.. of a zeroed (m, C, rows, cols) float32 array."""
+    m, c, h, w = x.shape
+    xp = np.zeros((m, c, rows, cols), dtype=np.float32)
+    xp[:, :, ph:ph + h, pw:pw + w] = x
+    return xp
+
+
+def _chunks(n: int, per_sample_tiles: int) -> list[int]:
+    """Bounds of the chunks of consecutive samples the batch is cut in: enough samples for
+    _MIN_TILES tiles, at most _MAX_PARTS chunks. They follow from the shapes alone."""
+    chunk = max(1, min(-(-n // _MAX_PARTS), -(-_MIN_TILES // per_sample_tiles)))
+    return list(range(0, n, chunk)) + [n]
+
+
+def _run(work, bounds, macs):
+    """work(b[0], b[1]), work(b[1], b[2]), ... on engine.cpu.blas's threads, or on the calling
+    thread alone when the whole op is too small to wake a thread for."""
+    if macs < blas.SPLIT_MIN_MACS:
+        for a, b in zip(bounds, bounds[1:]):
+            work(a, b)
+    else:
+        blas.run_parts(work, bounds)
+
+
+def _filters(w):
+    """w (K, C, 3, 3) -> U (16, K, C) = G w G^T, float32 (computed in float64)."""
+    u = _stack(*w.shape[:2])
+    _filter_tiles(w, u)
+    return u
+
+
+def conv2d_forward(x, w, b, padding, out):
+    """x (N, C, H, W), w (K, C, 3, 3), b (K,) or None, stride 1 -> y (N, K, P, Q) written into out."""
+    n, c, h, wd = x.shape
+    k = w.shape[0]
+    ph, pw = padding
+    p, q = h + 2 * ph - 2, wd + 2 * pw - 2
+    tp, tq = _tiles(p, q)
+    u = _filters(w)
+    bias = np.zeros(1, dtype=np.float32) if b is None else b
+
+    def work(n0, n1):
+        m = n1 - n0
+        v = _stack(c, m * tp * tq)
+        _input_tiles(_padded(x[n0:n1], ph, pw, 2 * tp + 2, 2 * tq + 2), tp, tq, v)
+        mt = np.matmul(u, v, out=_stack(k, m * tp * tq))     # (16, K, C) @ (16, C, T) -> (16, K, T)
+        yp = np.empty((m, k, 2 * tp, 2 * tq), dtype=np.float32)
+        _output_tiles(mt, bias, b is not None, tp, tq, yp)
+        out[n0:n1] = yp[:, :, :p, :q]
+
+    _run(work, _chunks(n, tp * tq), k * c * 9 * p * q * n)
+    return out
+
+
+def conv2d_backward_data(dy, w, x_shape, padding, out):
+    """dy (N, K, P, Q), w (K, C, 3, 3), stride 1 -> dx (N, C, H, W) written into out: the forward
+    convolution of dy with w flipped and transposed, padded 2 - padding."""
+    flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))   # (C, K, 3, 3)
+    return conv2d_forward(dy, flipped, None, (2 - padding[0], 2 - padding[1]), out)
+
+
+def conv2d_backward_weight(dy, x, w_shape, padding, out):
+    """dy (N, K, P, Q), x (N, C, H, W), stride 1 -> dw (K, C, 3, 3) written into out."""
+    n, k, p, q = dy.shape
+    c = x.shape[1]
+    ph, pw = padding
+    tp, tq = _tiles(p, q)
+    chunks = _chunks(n, tp * tq)
+    sums = _stack(k, c, stacks=len(chunks) - 1)               # each chunk's (16, K, C)
+
+    def work(n0, n1):
+        m = n1 - n0
+        v = _stack(c, m * tp * tq)
+        _input_tiles(_padded(x[n0:n1], ph, pw, 2 * tp + 2, 2 * tq + 2), tp, tq, v)
+        z = _stack(k, m * tp * tq)
+        _gradient_tiles(_padded(dy[n0:n1], 0, 0, 2 * tp, 2 * tq), tp, tq, z)
+        # (16, K, T) @ (16, T, C) -> (16, K, C)
+        np.matmul(z, v.transpose(0, 2, 1), out=sums[chunks.index(n0)])
+
+    _run(work, chunks, k * c * 9 * p * q * n)
+    # the chunks' sums added in order and transformed back, a block of filters per thread
+    _run(lambda k0, k1: _filter_gradient(sums, k0, k1, out), blas.bounds(k, blas.parts(k, k * c * 16 * len(sums))),
+         k * c * 16 * len(sums))
+    return out
