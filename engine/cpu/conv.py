@@ -48,6 +48,9 @@ _MAX_PARTS = 8
 # is bigger than this, with chunks of at least this many output cells (m*P*Q) to sum over
 _WIDE_MIN_BYTES = 256 << 10
 _WIDE_DEPTH = 512
+# a stride-1 layer takes the full-width layout (below) when K * (Wp - Q) <= this * Q: the
+# extra GEMM columns cost K multiply-adds each, the im2col they save about 10-20
+_ROWS_MAX_WASTE = 8
 
 
 def _empty(shape, out):
@@ -189,6 +192,115 @@ def _add_channel_bias(y, b):
             yf[start + i] += bias
 
 
+# ---------------------------------------------------------------- full-width rows (stride 1)
+# With stride 1, the cols row of tap (c, r, s) is x[c, r:r+P, s:s+Q]: P runs of Q values,
+# 10 at LeNet's conv2, so im2col spends its time starting short copies. Computed over the
+# whole padded width Wp instead, the output cell (p, q) sits at p*Wp + q of a row of
+# L = P*Wp cells, and the row becomes one run: the padded plane read from r*Wp + s. The
+# Wp - Q extra cells of each output row are thrown away (forward) or zero (the gradient
+# rows, so they add nothing). At LeNet's shapes that took the forward pass 0.6x (conv1)
+# and 0.85x (conv2) the time; it costs GEMM work, so big-K layers keep the compact layout.
+#
+#     xp   (m, C, (Hp + 1) * Wp)   the zero-padded planes, one spare row: the last tap's run
+#                                  reads up to S - 2 cells past the padded plane
+#     cols (m, C*R*S, P*Wp)        row (c, r, s) = xp[n, c, r*Wp + s : r*Wp + s + P*Wp]
+
+
+def _full_rows(k, q, w, stride, padding) -> bool:
+    """Whether a layer takes the full-width layout: stride 1, and few enough extra cells
+    for K output channels (K * (Wp - Q) <= _ROWS_MAX_WASTE * Q)."""
+    return tuple(stride) == (1, 1) and k * (w + 2 * padding[1] - q) <= _ROWS_MAX_WASTE * q
+
+
+@nb.njit(cache=True, nogil=True)
+def _pad_planes(x, ph, pw, xp):
+    # x (m, C, H, W) -> xp (m, C, (H + 2ph + 1) * Wp), zero around
+    m_, c_, h_, w_ = x.shape
+    wp = w_ + 2 * pw
+    for n in range(m_):
+        for c in range(c_):
+            plane = xp[n, c]
+            plane[:] = 0.0
+            for h in range(h_):
+                d = np.uint64((h + ph) * wp + pw)
+                for i in range(np.uint64(w_)):
+                    plane[d + i] = x[n, c, h, i]
+
+
+@nb.njit(cache=True, nogil=True)
+def _crop_planes(xp, ph, pw, x):
+    # xp (m, C, (H + 2ph + 1) * Wp) -> x (m, C, H, W), the padding dropped
+    m_, c_, h_, w_ = x.shape
+    wp = w_ + 2 * pw
+    for n in range(m_):
+        for c in range(c_):
+            plane = xp[n, c]
+            for h in range(h_):
+                d = np.uint64((h + ph) * wp + pw)
+                for i in range(np.uint64(w_)):
+                    x[n, c, h, i] = plane[d + i]
+
+
+@nb.njit(cache=True, nogil=True)
+def _im2col_rows(xp, r_, s_, wp, cols):
+    # xp (m, C, (Hp + 1) * Wp) -> cols (m, C*R*S, L): row (c, r, s) = the run of xp from r*Wp + s
+    m_, c_ = xp.shape[0], xp.shape[1]
+    l_ = cols.shape[2]
+    for n in range(m_):
+        for c in range(c_):
+            plane = xp[n, c]
+            for r in range(r_):
+                for s in range(s_):
+                    row = cols[n, (c * r_ + r) * s_ + s]
+                    start = np.uint64(r * wp + s)
+                    for i in range(np.uint64(l_)):
+                        row[i] = plane[start + i]
+
+
+@nb.njit(cache=True, nogil=True)
+def _col2im_rows(dcols, r_, s_, wp, xp):
+    # dcols (m, C*R*S, L) -> xp (m, C, (Hp + 1) * Wp): each row added back where _im2col_rows read it
+    m_, c_ = xp.shape[0], xp.shape[1]
+    l_ = dcols.shape[2]
+    for n in range(m_):
+        for c in range(c_):
+            plane = xp[n, c]
+            plane[:] = 0.0
+            for r in range(r_):
+                for s in range(s_):
+                    row = dcols[n, (c * r_ + r) * s_ + s]
+                    start = np.uint64(r * wp + s)
+                    for i in range(np.uint64(l_)):
+                        plane[start + i] += row[i]
+
+
+@nb.njit(cache=True, nogil=True)
+def _rows_to_planes(yr, b, has_bias, wp, y):
+    # yr (m, K, P*Wp) -> y (m, K, P, Q) (+ b[k]): the Q first cells of each output row
+    m_, k_, p_, q_ = y.shape
+    for n in range(m_):
+        for k in range(k_):
+            bias = b[k] if has_bias else np.float32(0.0)
+            for p in range(p_):
+                start = np.uint64(p * wp)
+                for i in range(np.uint64(q_)):
+                    y[n, k, p, i] = yr[n, k, start + i] + bias
+
+
+@nb.njit(cache=True, nogil=True)
+def _planes_to_rows(dy, wp, dyr):
+    # dy (m, K, P, Q) -> dyr (m, K, P*Wp), zero in the Wp - Q extra cells of each row
+    m_, k_, p_, q_ = dy.shape
+    for n in range(m_):
+        for k in range(k_):
+            row = dyr[n, k]
+            row[:] = 0.0
+            for p in range(p_):
+                start = np.uint64(p * wp)
+                for i in range(np.uint64(q_)):
+                    row[start + i] = dy[n, k, p, i]
+
+
 # ---------------------------------------------------------------- public ops
 
 
@@ -245,6 +357,23 @@ def conv2d_forward(x, w, b, stride, padding, out=None):
         return winograd.conv2d_forward(x, w, b, padding, y)
     w2 = w.reshape(k, crs)
     y3 = y.reshape(n, k, p * q)                              # a view: matmul writes straight into y
+    if _full_rows(k, q, wd, stride, padding):
+        wp, lr = wd + 2 * padding[1], p * (wd + 2 * padding[1])
+        bias = np.zeros(1, dtype=np.float32) if b is None else b
+
+        def rows(n0, n1, chunk):
+            xp = np.empty((chunk, c, (h + 2 * padding[0] + 1) * wp), dtype=np.float32)
+            cols = np.empty((chunk, crs, lr), dtype=np.float32)
+            yr = np.empty((chunk, k, lr), dtype=np.float32)
+            for a in range(n0, n1, chunk):
+                m = min(n1, a + chunk) - a
+                _pad_planes(x[a:a + m], padding[0], padding[1], xp[:m])
+                _im2col_rows(xp[:m], r, s, wp, cols[:m])
+                np.matmul(w2, cols[:m], out=yr[:m])          # (K, CRS) @ (m, CRS, L) -> (m, K, L)
+                _rows_to_planes(yr[:m], bias, b is not None, wp, y[a:a + m])
+
+        _split_batch(rows, n, k * crs * lr, crs * lr * 4)
+        return y
 
     def work(n0, n1, chunk):
         cols = np.empty((chunk, crs, p * q), dtype=np.float32)
@@ -269,6 +398,23 @@ def conv2d_backward_data(dy, w, x_shape, stride, padding, out=None):
         return winograd.conv2d_backward_data(dy, w, x_shape, padding, dx)
     w2t = w.reshape(k, crs).T                                # (CRS, K): BLAS reads it transposed
     dy3 = dy.reshape(n, k, p * q)
+    h, wd = x_shape[2], x_shape[3]
+    if _full_rows(k, q, wd, stride, padding):
+        wp, lr = wd + 2 * padding[1], p * (wd + 2 * padding[1])
+
+        def rows(n0, n1, chunk):
+            dyr = np.empty((chunk, k, lr), dtype=np.float32)
+            dcols = np.empty((chunk, crs, lr), dtype=np.float32)
+            xp = np.empty((chunk, c, (h + 2 * padding[0] + 1) * wp), dtype=np.float32)
+            for a in range(n0, n1, chunk):
+                m = min(n1, a + chunk) - a
+                _planes_to_rows(dy[a:a + m], wp, dyr[:m])
+                np.matmul(w2t, dyr[:m], out=dcols[:m])       # (CRS, K) @ (m, K, L) -> (m, CRS, L)
+                _col2im_rows(dcols[:m], r, s, wp, xp[:m])
+                _crop_planes(xp[:m], padding[0], padding[1], dx[a:a + m])
+
+        _split_batch(rows, n, k * crs * lr, crs * lr * 4)
+        return dx
 
     def work(n0, n1, chunk):
         dcols = np.empty((chunk, crs, p * q), dtype=np.float32)
@@ -318,8 +464,29 @@ def conv2d_backward_weight(dy, x, w_shape, stride, padding, out=None):
             total = part.astype(np.float64) if total is None else total + part
         return total
 
-    parts = _split_batch(side_by_side if wide else per_sample, n, k * crs * pq, crs * pq * 4,
-                         min_chunk=-(-_WIDE_DEPTH // pq) if wide else 1)
+    wd = x.shape[3]
+    wp, lr = wd + 2 * padding[1], p * (wd + 2 * padding[1])
+
+    def rows(n0, n1, chunk):
+        xp = np.empty((chunk, c, (x.shape[2] + 2 * padding[0] + 1) * wp), dtype=np.float32)
+        cols = np.empty((chunk, crs, lr), dtype=np.float32)
+        dyr = np.empty((chunk, k, lr), dtype=np.float32)
+        total = np.zeros((crs, k), dtype=np.float64)            # dw transposed
+        for a in range(n0, n1, chunk):
+            m = min(n1, a + chunk) - a
+            _pad_planes(x[a:a + m], padding[0], padding[1], xp[:m])
+            _im2col_rows(xp[:m], r, s, wp, cols[:m])
+            _planes_to_rows(dy[a:a + m], wp, dyr[:m])
+            # (m, CRS, L) @ (m, L, K) -> (m, CRS, K), summed in order in float64
+            total += np.matmul(cols[:m], dyr[:m].transpose(0, 2, 1)).sum(axis=0, dtype=np.float64)
+        return total
+
+    if wide:
+        parts = _split_batch(side_by_side, n, k * crs * pq, crs * pq * 4, min_chunk=-(-_WIDE_DEPTH // pq))
+    elif _full_rows(k, q, wd, stride, padding):
+        parts = _split_batch(rows, n, k * crs * lr, crs * lr * 4)
+    else:
+        parts = _split_batch(per_sample, n, k * crs * pq, crs * pq * 4)
     for part in parts[1:]:
         parts[0] += part
     dw = _empty(tuple(w_shape), out)
