@@ -288,6 +288,18 @@ def _rows_to_planes(yr, b, has_bias, wp, y):
 
 
 @nb.njit(cache=True, nogil=True)
+def _planes_to_rows_transposed(dy, wp, dyt):
+    # dy (m, K, P, Q) -> dyt (m, P*Wp, K), zero in the Wp - Q extra cells of each row
+    m_, k_, p_, q_ = dy.shape
+    for n in range(m_):
+        dyt[n] = 0.0
+        for k in range(k_):
+            for p in range(p_):
+                for i in range(q_):
+                    dyt[n, p * wp + i, k] = dy[n, k, p, i]
+
+
+@nb.njit(cache=True, nogil=True)
 def _planes_to_rows(dy, wp, dyr):
     # dy (m, K, P, Q) -> dyr (m, K, P*Wp), zero in the Wp - Q extra cells of each row
     m_, k_, p_, q_ = dy.shape
@@ -467,18 +479,28 @@ def conv2d_backward_weight(dy, x, w_shape, stride, padding, out=None):
     wd = x.shape[3]
     wp, lr = wd + 2 * padding[1], p * (wd + 2 * padding[1])
 
+    # dy in the GEMM as a transposed view, or written out transposed: LeNet conv2's products
+    # (CRS 150) ran 1.7x faster on the copy, which at CRS 25-27 (LeNet conv1, a ResNet stem)
+    # cost more than it saved (1.5x the op's time)
+    copy_transposed = crs >= 64
+
     def rows(n0, n1, chunk):
         xp = np.empty((chunk, c, (x.shape[2] + 2 * padding[0] + 1) * wp), dtype=np.float32)
         cols = np.empty((chunk, crs, lr), dtype=np.float32)
-        dyr = np.empty((chunk, k, lr), dtype=np.float32)
+        dyr = np.empty((chunk, lr, k) if copy_transposed else (chunk, k, lr), dtype=np.float32)
         total = np.zeros((crs, k), dtype=np.float64)            # dw transposed
         for a in range(n0, n1, chunk):
             m = min(n1, a + chunk) - a
             _pad_planes(x[a:a + m], padding[0], padding[1], xp[:m])
             _im2col_rows(xp[:m], r, s, wp, cols[:m])
-            _planes_to_rows(dy[a:a + m], wp, dyr[:m])
+            if copy_transposed:
+                _planes_to_rows_transposed(dy[a:a + m], wp, dyr[:m])
+                dyt = dyr[:m]
+            else:
+                _planes_to_rows(dy[a:a + m], wp, dyr[:m])
+                dyt = dyr[:m].transpose(0, 2, 1)
             # (m, CRS, L) @ (m, L, K) -> (m, CRS, K), summed in order in float64
-            total += np.matmul(cols[:m], dyr[:m].transpose(0, 2, 1)).sum(axis=0, dtype=np.float64)
+            total += np.matmul(cols[:m], dyt).sum(axis=0, dtype=np.float64)
         return total
 
     if wide:
