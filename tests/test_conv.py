@@ -181,6 +181,36 @@ def test_winograd_matches_reference(monkeypatch, min_tiles):
                      what=f"Winograd conv2d_backward_weight {what}")
 
 
+def strided_config(seed: int) -> dict:
+    """A strided layer engine.cpu.conv runs as a 3x3 stride-1 one on blocks of its input (space
+    to depth), AlexNet's 11x11/4 first layer among them: kernels of 3 blocks or just over 2,
+    any padding, inputs whose last cells no window reads."""
+    rng = rng_for(seed + 30_000)
+    sh, sw = (int(v) for v in rng.choice([2, 3, 4], size=2))
+    r, s = (int(rng.integers(2 * st + 1, 3 * st + 1)) for st in (sh, sw))
+    ph, pw = int(rng.integers(0, r)), int(rng.integers(0, s))
+    h, w = int(rng.integers(max(1, r - 2 * ph), r + 12)), int(rng.integers(max(1, s - 2 * pw), s + 12))
+    c = max(1, -(-16 // (sh * sw))) + int(rng.integers(0, 3))
+    return dict(n=int(rng.choice([1, 2, 3])), c=c, k=int(rng.choice([16, 21])), h=h, w=w, kernel=(r, s),
+                stride=(sh, sw), padding=(ph, pw), seed=seed)
+
+
+STRIDED_CONFIGS = [strided_config(seed) for seed in range(30)] + [
+    dict(n=2, c=3, h=63, w=59, k=16, kernel=(11, 11), stride=(4, 4), padding=(2, 2), seed=99)]
+
+
+def test_strided_layers_as_stride_1_match_reference():
+    assert all(fast._as_stride_1(c["c"], c["k"], c["kernel"], c["stride"]) for c in STRIDED_CONFIGS)
+    for cfg in STRIDED_CONFIGS:
+        x, w, b, dy = draw(cfg)
+        st, pd, what = cfg["stride"], cfg["padding"], describe(cfg)
+        assert_close(fast.conv2d_forward(x, w, b, st, pd), ref.conv2d_forward(x, w, b, st, pd),
+                     **tol("conv"), what=f"space-to-depth conv2d_forward {what}")
+        assert_close(fast.conv2d_backward_weight(dy, x, w.shape, st, pd),
+                     ref.conv2d_backward_weight(dy, x, w.shape, st, pd), **tol("conv"),
+                     what=f"space-to-depth conv2d_backward_weight {what}")
+
+
 @pytest.mark.parametrize("n,c,h,k,pad", [
     (32, 6, 14, 16, 0),   # LeNet conv2: small per-sample GEMMs, the batch split over threads
     (3, 16, 12, 32, 2),   # a per-sample GEMM big enough for BLAS to thread: one part
