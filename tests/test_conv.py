@@ -144,30 +144,37 @@ def test_conv2d_backward_weight_side_by_side_matches_reference(monkeypatch):
 
 
 def winograd_config(seed: int) -> dict:
-    """A 3x3 stride-1 problem engine.cpu.conv hands to Winograd F(2x2, 3x3): odd and even,
-    square and not, down to 1x1 outputs, every padding it takes."""
+    """A 3x3 or 5x5 stride-1 problem engine.cpu.conv hands to Winograd F(2x2, 3x3) or
+    F(2x2, 5x5): odd and even, square and not, down to 1x1 outputs, every padding it takes."""
     rng = rng_for(seed + 20_000)
-    ph, pw = (int(v) for v in rng.integers(0, 3, size=2))
-    h, w = int(rng.integers(max(1, 3 - 2 * ph), 12)), int(rng.integers(max(1, 3 - 2 * pw), 12))
+    r = 3 if seed % 3 else 5
+    ph, pw = (int(v) for v in rng.integers(0, r, size=2))
+    h, w = int(rng.integers(max(1, r - 2 * ph), 12)), int(rng.integers(max(1, r - 2 * pw), 12))
     return dict(n=int(rng.choice([1, 2, 5])), c=int(rng.choice([16, 17, 24])), k=int(rng.choice([16, 19, 32])),
-                h=h, w=w, kernel=(3, 3), stride=(1, 1), padding=(ph, pw), seed=seed)
+                h=h, w=w, kernel=(r, r), stride=(1, 1), padding=(ph, pw), seed=seed)
 
 
-WINOGRAD_CONFIGS = [winograd_config(seed) for seed in range(30)]
+WINOGRAD_CONFIGS = [winograd_config(seed) for seed in range(45)]
 
 
 def test_winograd_takes_3x3_stride_1_convolutions_with_enough_channels():
     assert all(winograd.applies(c["c"], c["k"], c["kernel"], c["stride"], c["padding"]) for c in WINOGRAD_CONFIGS)
-    assert {c["padding"][0] for c in WINOGRAD_CONFIGS} == {0, 1, 2}
+    assert {c["padding"][0] for c in WINOGRAD_CONFIGS if c["kernel"] == (3, 3)} == {0, 1, 2}
+    assert {c["padding"][0] for c in WINOGRAD_CONFIGS if c["kernel"] == (5, 5)} == {0, 1, 2, 3, 4}
     assert not winograd.applies(16, 16, (3, 3), (2, 2), (1, 1))     # stride 2: im2col
     assert not winograd.applies(16, 16, (3, 3), (1, 1), (3, 3))     # backward data would pad -1
     assert not winograd.applies(3, 64, (3, 3), (1, 1), (1, 1))      # an RGB input: too few channels
-    assert not winograd.applies(16, 16, (5, 5), (1, 1), (2, 2))
+    assert not winograd.applies(16, 16, (7, 7), (1, 1), (3, 3))
+    assert winograd.applies_to_weight_gradient(16, 16, (3, 3), (1, 1), (1, 1))
+    assert not winograd.applies_to_weight_gradient(16, 16, (5, 5), (1, 1), (2, 2))  # im2col
 
 
-@pytest.mark.parametrize("min_tiles", [256, 1], ids=["chunks-as-shipped", "a-chunk-per-sample"])
-def test_winograd_matches_reference(monkeypatch, min_tiles):
-    monkeypatch.setattr(winograd, "_MIN_TILES", min_tiles)
+@pytest.mark.parametrize("chunks", ["as-shipped", "per-sample", "whole-batch"])
+def test_winograd_matches_reference(monkeypatch, chunks):
+    if chunks != "as-shipped":
+        monkeypatch.setattr(winograd, "_MIN_TILES", 1 if chunks == "per-sample" else 1 << 30)
+        monkeypatch.setattr(winograd, "_CHUNK_BYTES", 1 if chunks == "per-sample" else 1 << 40)
+        monkeypatch.setattr(winograd, "_MAX_PARTS", 1 if chunks == "whole-batch" else 1 << 30)
     for cfg in WINOGRAD_CONFIGS:
         x, w, b, dy = draw(cfg)
         st, pd, what = cfg["stride"], cfg["padding"], describe(cfg)

@@ -509,7 +509,7 @@ def conv2d_backward_weight(dy, x, w_shape, stride, padding, out=None):
     n, k, p, q = dy.shape
     _, c, r, s = w_shape
     crs, pq = c * r * s, p * q
-    if winograd.applies(c, k, (r, s), stride, padding):
+    if winograd.applies_to_weight_gradient(c, k, (r, s), stride, padding):
         return winograd.conv2d_backward_weight(dy, x, w_shape, padding, _empty(tuple(w_shape), out))
     if _as_stride_1(c, k, (r, s), stride):
         sh, sw = stride
