@@ -169,6 +169,28 @@ def test_products_split_over_threads_match_reference(n, i, o):
                  **tol("linear", "float32"), what=f"linear_backward_weight {what}")
 
 
+def test_split_products_do_not_depend_on_the_thread_count():
+    # the parts follow from the shapes (the data gradient's row blocks included): one thread
+    # or two give the same bits
+    import numba
+    rng = rng_for(3)
+    shapes = [(33, 1200, 1000), (2, 4096, 4100)]
+    data = [tuple(rng.standard_normal(s).astype(np.float32) for s in ((n, i), (o, i), (o,), (n, o)))
+            for n, i, o in shapes]
+    threads = numba.get_num_threads()
+    try:
+        results = []
+        for count in (1, threads):
+            numba.set_num_threads(count)
+            results.append([(fast.linear_forward(x, w, b), fast.linear_backward_data(dy, w),
+                             fast.linear_backward_weight(dy, x)) for x, w, b, dy in data])
+    finally:
+        numba.set_num_threads(threads)
+    for one, many in zip(*results):
+        for a, b in zip(one, many):
+            np.testing.assert_array_equal(a, b, err_msg=f"1 thread vs {threads}")
+
+
 def test_split_ops_leave_blas_threads_as_they_were():
     # the CPU ops hold BLAS to one thread while they run their own threads, then restore it
     from engine.cpu import blas
