@@ -17,8 +17,8 @@ How the work is split (measured at the LeNet shapes, batch 256, on 2 cores):
 * The batch is walked in chunks of a few samples, so one chunk's cols (<= _CHUNK_BYTES)
   is still in cache when the GEMM reads it, and AlexNet-sized layers do not allocate
   hundreds of MiB of columns.
-* The batch is split into up to _MAX_PARTS consecutive chunks, which the threads of
-  engine.cpu.blas take in turn, with BLAS held to one thread; the Numba kernels on that
+* The batch is split into up to _MAX_PARTS parts of consecutive samples, walked chunk by
+  chunk, which the threads of engine.cpu.blas take in turn, with BLAS held to one thread; the Numba kernels on that
   path release the GIL (nogil) and run serially inside their part. Only a single sample
   (nothing to split) lets BLAS thread its GEMMs. Mixing both (parallel Numba loops between
   threaded GEMMs) was 1.3-2x slower, and collapsed on a busy machine, where spinning thread
@@ -26,8 +26,13 @@ How the work is split (measured at the LeNet shapes, batch 256, on 2 cores):
 * The public im2col / col2im ops run alone, so they use parallel=True kernels.
 
 Results are deterministic, whatever the thread count: every sample is computed by one
-thread, and the weight gradient sums each chunk's products, then adds the chunks' sums in
-order -- the order one thread would add them in.
+thread, and the weight gradient sums each part's products, then adds the parts' sums in
+order in float64 -- the order one thread would add them in.
+
+Other layouts, where they measured faster: 3x3 and 5x5 stride-1 layers with enough channels
+go to Winograd (engine.cpu.winograd), strided ones whose kernel covers 3x3 blocks of the
+stride as a 3x3 one on blocks of the input, stride-1 layers with few output channels over
+full-width rows (below).
 """
 from __future__ import annotations
 
@@ -407,13 +412,13 @@ def gemm(a, b, trans_a=False, trans_b=False, out=None):
 
 
 def _split_batch(work, n, per_sample_macs, per_sample_bytes, min_chunk=1):
-    """Run work(n0, n1, chunk) over consecutive parts of range(n), `chunk` samples each (the
-    last may be shorter), on engine.cpu.blas's threads; return the results in order. A chunk
-    holds what fits _CHUNK_BYTES, but at least min_chunk samples, and at most an even share
-    of _MAX_PARTS parts."""
-    fits = max(min_chunk, _CHUNK_BYTES // max(1, per_sample_bytes))
-    chunk = max(1, min(n, fits, -(-n // _MAX_PARTS)))
-    bounds = list(range(0, n, chunk)) + [n]
+    """Run work(n0, n1, chunk) over up to _MAX_PARTS parts of consecutive samples of range(n),
+    on engine.cpu.blas's threads; return the results in order. A part walks its samples in
+    chunks of `chunk` (the last may be shorter): what fits _CHUNK_BYTES, but at least
+    min_chunk samples. The parts follow from the batch alone, never from the thread count."""
+    part = -(-n // _MAX_PARTS)
+    chunk = max(1, min(part, max(min_chunk, _CHUNK_BYTES // max(1, per_sample_bytes))))
+    bounds = list(range(0, n, part)) + [n]
     if n * per_sample_macs < blas.SPLIT_MIN_MACS:  # too little to wake a thread for
         return [work(a, b, chunk) for a, b in zip(bounds, bounds[1:])]
     return blas.run_parts(lambda n0, n1: work(n0, n1, chunk), bounds,
@@ -540,14 +545,13 @@ def conv2d_backward_weight(dy, x, w_shape, stride, padding, out=None):
         return total
 
     def side_by_side(n0, n1, chunk):
-        total = None
+        total = np.zeros((crs, k), dtype=np.float32)           # this part's sum, in place
         for a in range(n0, n1, chunk):
             e = min(n1, a + chunk)
             cols = np.empty((crs, (e - a) * pq), dtype=np.float32)
             _im2col_wide_serial(x[a:e], r, s, stride[0], stride[1], padding[0], padding[1], p, q, cols)
             dyw = np.ascontiguousarray(dy3[a:e].transpose(1, 0, 2)).reshape(k, (e - a) * pq)
-            part = np.dot(cols, dyw.T)                          # (CRS, m*PQ) @ (m*PQ, K) -> (CRS, K)
-            total = part.astype(np.float64) if total is None else total + part
+            total += np.dot(cols, dyw.T)                        # (CRS, m*PQ) @ (m*PQ, K) -> (CRS, K)
         return total
 
     wd = x.shape[3]
@@ -583,8 +587,9 @@ def conv2d_backward_weight(dy, x, w_shape, stride, padding, out=None):
         parts = _split_batch(rows, n, k * crs * lr, crs * lr * 4)
     else:
         parts = _split_batch(per_sample, n, k * crs * pq, crs * pq * 4)
+    total = parts[0].astype(np.float64)                          # the parts added in order in float64
     for part in parts[1:]:
-        parts[0] += part
+        total += part
     dw = _empty(tuple(w_shape), out)
-    dw.reshape(k, crs)[...] = parts[0].T
+    dw.reshape(k, crs)[...] = total.T
     return dw
