@@ -147,24 +147,14 @@ def _im2col_parallel(x, r_, s_, sh, sw, ph, pw, p_, q_, cols):
 
 
 @nb.njit(cache=True, nogil=True)
-def _im2col_serial(x, r_, s_, sh, sw, ph, pw, p_, q_, cols):
-    # as _im2col_parallel, on the calling thread, without the GIL
+def _im2col_serial(x, r_, s_, sh, sw, ph, pw, p_, q_, cols, n_step, row_step):
+    # as _im2col_parallel, on the calling thread, without the GIL, into a cols layout of the
+    # caller's: row (n, crs) at n*n_step + crs*row_step. (N, CRS, PQ) is (CRS*PQ, PQ); the
+    # chunk's samples side by side, (CRS, N*PQ), so one GEMM sums over all of them, (PQ, N*PQ)
     n_, c_, h_, w_ = x.shape
     xf, cf = x.reshape(-1), cols.reshape(-1)
-    pq = p_ * q_
     for ncr in range(n_ * c_ * r_):
-        _im2col_taps(xf, cf, ncr, c_, h_, w_, r_, s_, sh, sw, ph, pw, p_, q_, c_ * r_ * s_ * pq, pq)
-
-
-@nb.njit(cache=True, nogil=True)
-def _im2col_wide_serial(x, r_, s_, sh, sw, ph, pw, p_, q_, cols):
-    # x (m, C, H, W) -> cols (C*R*S, m*P*Q): the samples side by side, so one GEMM sums over
-    # all of them; on the calling thread, without the GIL
-    n_, c_, h_, w_ = x.shape
-    xf, cf = x.reshape(-1), cols.reshape(-1)
-    pq = p_ * q_
-    for ncr in range(n_ * c_ * r_):
-        _im2col_taps(xf, cf, ncr, c_, h_, w_, r_, s_, sh, sw, ph, pw, p_, q_, pq, n_ * pq)
+        _im2col_taps(xf, cf, ncr, c_, h_, w_, r_, s_, sh, sw, ph, pw, p_, q_, n_step, row_step)
 
 
 @nb.njit(cache=True, parallel=True)
@@ -461,7 +451,8 @@ def conv2d_forward(x, w, b, stride, padding, out=None):
         cols = np.empty((chunk, crs, p * q), dtype=np.float32)
         for a in range(n0, n1, chunk):
             e = min(n1, a + chunk)
-            _im2col_serial(x[a:e], r, s, stride[0], stride[1], padding[0], padding[1], p, q, cols[:e - a])
+            _im2col_serial(x[a:e], r, s, stride[0], stride[1], padding[0], padding[1], p, q, cols[:e - a],
+                           crs * p * q, p * q)
             np.matmul(w2, cols[:e - a], out=y3[a:e])         # (K, CRS) @ (m, CRS, PQ) -> (m, K, PQ)
             if b is not None:
                 _add_channel_bias(y3[a:e], b)
@@ -538,7 +529,8 @@ def conv2d_backward_weight(dy, x, w_shape, stride, padding, out=None):
         total = np.zeros((crs, k), dtype=np.float64)            # dw transposed
         for a in range(n0, n1, chunk):
             e = min(n1, a + chunk)
-            _im2col_serial(x[a:e], r, s, stride[0], stride[1], padding[0], padding[1], p, q, cols[:e - a])
+            _im2col_serial(x[a:e], r, s, stride[0], stride[1], padding[0], padding[1], p, q, cols[:e - a],
+                           crs * pq, pq)
             # (m, CRS, PQ) @ (m, PQ, K) -> (m, CRS, K), the samples summed in order in float64;
             # this orientation ran 1.5x faster than dy[n] @ cols[n].T at LeNet conv2
             total += np.matmul(cols[:e - a], dy3[a:e].transpose(0, 2, 1)).sum(axis=0, dtype=np.float64)
@@ -549,7 +541,8 @@ def conv2d_backward_weight(dy, x, w_shape, stride, padding, out=None):
         for a in range(n0, n1, chunk):
             e = min(n1, a + chunk)
             cols = np.empty((crs, (e - a) * pq), dtype=np.float32)
-            _im2col_wide_serial(x[a:e], r, s, stride[0], stride[1], padding[0], padding[1], p, q, cols)
+            _im2col_serial(x[a:e], r, s, stride[0], stride[1], padding[0], padding[1], p, q, cols,
+                           pq, (e - a) * pq)
             dyw = np.ascontiguousarray(dy3[a:e].transpose(1, 0, 2)).reshape(k, (e - a) * pq)
             total += np.dot(cols, dyw.T)                        # (CRS, m*PQ) @ (m*PQ, K) -> (CRS, K)
         return total
