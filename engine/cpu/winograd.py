@@ -45,9 +45,10 @@ Its transforms scale values by up to 5 and by 1/24: at AlexNet conv2's shape (64
 channels, 27x27) the float32 forward is 5e-6 of the output's scale from the float64 spec,
 a quarter of what the conv tolerance allows (2e-5).
 
-Work is split as in engine.cpu.conv: the batch in chunks of consecutive samples (at most
-_MAX_PARTS), which engine.cpu.blas's threads take in turn, BLAS on one thread; the weight
-gradient adds the chunks' sums in order in float64, so no result depends on the thread count.
+Work is split as in engine.cpu.conv: the batch in chunks of consecutive samples, which
+engine.cpu.blas's threads take in turn, BLAS on one thread; the weight gradient cuts the
+batch in at most _MAX_PARTS parts, sums each part's chunks in place and adds the parts'
+sums in order in float64, so no result depends on the thread count.
 """
 from __future__ import annotations
 
@@ -56,11 +57,11 @@ import numpy as np
 
 from engine.cpu import blas
 
-# The batch in at most _MAX_PARTS chunks. A forward chunk's transformed tiles (V and M: a^2
+# The batch in at most _MAX_PARTS parts. A forward chunk's transformed tiles (V and M: a^2
 # (C + K) floats per tile) fit _CHUNK_BYTES: at AlexNet conv2 (7 MB a sample), two samples a
 # chunk took 1.35x the time of one. A weight-gradient chunk holds enough samples for
-# _MIN_TILES tiles (the GEMMs' depth: fewer, deeper chunks leave fewer sums to add; at
-# AlexNet conv4, 49 tiles a chunk took 1.5x the time of 256)
+# _MIN_TILES tiles (the GEMMs' depth: at AlexNet conv4, 49 tiles a chunk took 1.5x the time
+# of 256)
 _CHUNK_BYTES = 1 << 20
 _MIN_TILES = 256
 _MAX_PARTS = 8
@@ -477,20 +478,29 @@ def conv2d_backward_weight(dy, x, w_shape, padding, out):
     alpha, _, filter_gradient, input_tiles, _, gradient_tiles = _KERNELS[r]
     ph, pw = padding
     tp, tq = _tiles(p, q)
-    chunks = _chunks(n, tp * tq, _MIN_TILES + tp * tq - 1)      # ceil(_MIN_TILES / tiles a sample)
-    sums = _stack(alpha * alpha, k, c, stacks=len(chunks) - 1)    # each chunk's (a^2, K, C)
+    # at most _MAX_PARTS parts, each summing its chunks' products in place: the partial sums
+    # (a^2 K C floats each) stay few whatever the batch
+    part = -(-n // _MAX_PARTS)
+    chunk = max(1, min(part, -(-_MIN_TILES // (tp * tq))))
+    bounds = list(range(0, n, part)) + [n]
+    sums = _stack(alpha * alpha, k, c, stacks=len(bounds) - 1)   # each part's (a^2, K, C)
 
     def work(n0, n1):
-        m = n1 - n0
-        v = _stack(alpha * alpha, c, m * tp * tq)
-        input_tiles(_padded(x[n0:n1], ph, pw, 2 * tp + r - 1, 2 * tq + r - 1), tp, tq, v)
-        z = _stack(alpha * alpha, k, m * tp * tq)
-        gradient_tiles(_padded(dy[n0:n1], 0, 0, 2 * tp, 2 * tq), tp, tq, z)
-        # (a^2, K, T) @ (a^2, T, C) -> (a^2, K, C)
-        np.matmul(z, v.transpose(0, 2, 1), out=sums[chunks.index(n0)])
+        total = sums[bounds.index(n0)]
+        product = _stack(alpha * alpha, k, c) if n1 - n0 > chunk else total
+        for a in range(n0, n1, chunk):
+            m = min(n1, a + chunk) - a
+            v = _stack(alpha * alpha, c, m * tp * tq)
+            input_tiles(_padded(x[a:a + m], ph, pw, 2 * tp + r - 1, 2 * tq + r - 1), tp, tq, v)
+            z = _stack(alpha * alpha, k, m * tp * tq)
+            gradient_tiles(_padded(dy[a:a + m], 0, 0, 2 * tp, 2 * tq), tp, tq, z)
+            # (a^2, K, T) @ (a^2, T, C) -> (a^2, K, C)
+            np.matmul(z, v.transpose(0, 2, 1), out=total if a == n0 else product)
+            if a != n0:
+                total += product
 
-    _run(work, chunks, k * c * r * r * p * q * n)
-    # the chunks' sums added in order and transformed back, a block of filters per thread
+    _run(work, bounds, k * c * r * r * p * q * n)
+    # the parts' sums added in order and transformed back, a block of filters per thread
     macs = k * c * alpha * alpha * len(sums)
     _run(lambda k0, k1: filter_gradient(sums, k0, k1, out), blas.bounds(k, blas.parts(k, macs)), macs)
     return out
