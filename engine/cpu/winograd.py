@@ -57,11 +57,11 @@ import numpy as np
 
 from engine.cpu import blas
 
-# The batch in at most _MAX_PARTS parts. A forward chunk's transformed tiles (V and M: a^2
-# (C + K) floats per tile) fit _CHUNK_BYTES: at AlexNet conv2 (7 MB a sample), two samples a
-# chunk took 1.35x the time of one. A weight-gradient chunk holds enough samples for
-# _MIN_TILES tiles (the GEMMs' depth: at AlexNet conv4, 49 tiles a chunk took 1.5x the time
-# of 256)
+# A forward chunk's transformed tiles (V and M: a^2 (C + K) floats per tile) fit
+# _CHUNK_BYTES: at AlexNet conv2 (7 MB a sample), two samples a chunk took 1.35x the time of
+# one. The weight gradient cuts the batch in at most _MAX_PARTS parts, walked in chunks of
+# enough samples for _MIN_TILES tiles (the GEMMs' depth: at AlexNet conv4, 49 tiles a chunk
+# took 1.5x the time of 256)
 _CHUNK_BYTES = 1 << 20
 _MIN_TILES = 256
 _MAX_PARTS = 8
@@ -420,9 +420,9 @@ def _padded(x, ph, pw, rows, cols):
 
 
 def _chunks(n: int, per_sample: int, per_chunk: int) -> list[int]:
-    """Bounds of the chunks of consecutive samples the batch is cut in: as many samples as
-    per_chunk // per_sample (at least one), at most _MAX_PARTS chunks. They follow from the
-    shapes alone."""
+    """Bounds of the forward's chunks of consecutive samples: as many samples as
+    per_chunk // per_sample (at least one), and no more than an eighth of the batch (1 /
+    _MAX_PARTS), so both threads have chunks to take. They follow from the shapes alone."""
     chunk = max(1, min(-(-n // _MAX_PARTS), per_chunk // per_sample))
     return list(range(0, n, chunk)) + [n]
 
