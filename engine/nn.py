@@ -81,7 +81,8 @@ class _Weighted(Layer):
 
 
 class Conv2d(_Weighted):
-    """2-D convolution by im2col + GEMM. x (N, C, H, W), weight (K, C, R, S) -> (N, K, P, Q)."""
+    """2-D convolution. x (N, C, H, W), weight (K, C, R, S) -> (N, K, P, Q). im2col + GEMM on
+    the GPU; on the CPU, im2col + GEMM or Winograd, chosen by shape (engine.cpu.conv)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
         super().__init__()
