@@ -4,7 +4,7 @@
 
 e.g. `git worktree add /tmp/before <commit>` and then
 `python benchmarks/ab_train.py /tmp/before . alexnet 16`. Why: on a shared 2-core machine
-two bench runs minutes apart differed by 40% for the same code, so a before/after figure
+two bench runs 45 minutes apart differed by 40% for the same code, so a before/after figure
 needs both in one run. Each tree's step (SGD with momentum, synthetic data, as
 `python -m engine bench --suite train`) lives in a process of its own, waiting on a pipe
 while the others run; each repeat asks the three for a burst of SECONDS in turn (the order
