@@ -157,6 +157,21 @@ def winograd_config(seed: int) -> dict:
 WINOGRAD_CONFIGS = [winograd_config(seed) for seed in range(45)]
 
 
+def test_the_models_layers_take_the_paths_measured_fastest_for_them():
+    # engine.cpu.conv picks a layout per layer by shape; these are the picks the benchmarks
+    # (benchmarks/results/2026-12-07-cpu-2core*.md) were measured with
+    lenet = [(1, 6, (5, 5), (1, 1), (2, 2), 28, 28), (6, 16, (5, 5), (1, 1), (0, 0), 14, 10)]
+    for c, k, kernel, stride, padding, w, q in lenet:
+        assert not winograd.applies(c, k, kernel, stride, padding)          # too few channels
+        assert fast._full_rows(k, q, w, stride, padding)
+    assert fast._as_stride_1(3, 64, (11, 11), (4, 4))                        # AlexNet conv1
+    for c, k, kernel in [(64, 192, (5, 5)), (192, 384, (3, 3)), (384, 256, (3, 3)), (256, 256, (3, 3))]:
+        pad = (kernel[0] // 2,) * 2                                          # AlexNet conv2-5
+        assert winograd.applies(c, k, kernel, (1, 1), pad)
+        assert winograd.applies_to_weight_gradient(c, k, kernel, (1, 1), pad) == (kernel == (3, 3))
+    assert not fast._full_rows(192, 27, 27, (1, 1), (2, 2))                  # big K: compact im2col
+
+
 def test_winograd_takes_3x3_stride_1_convolutions_with_enough_channels():
     assert all(winograd.applies(c["c"], c["k"], c["kernel"], c["stride"], c["padding"]) for c in WINOGRAD_CONFIGS)
     assert {c["padding"][0] for c in WINOGRAD_CONFIGS if c["kernel"] == (3, 3)} == {0, 1, 2}
