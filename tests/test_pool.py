@@ -288,6 +288,18 @@ def test_adaptive_configs_cover_the_hard_cases():
     assert any(c["out"] == (1, 1) or c["h"] == c["out"][0] for c in ADAPTIVE_CONFIGS)
 
 
+@pytest.mark.parametrize("shape", [(2, 16, 10, 10), (3, 5, 1, 7), (1, 1, 13, 3), (64, 64, 7, 7)])
+def test_global_average_pooling_matches_reference(shape):
+    # the 1x1 output (a ResNet's head) has kernels of its own that sum whole planes
+    rng = rng_for(sum(shape))
+    x = rng.standard_normal(shape).astype(np.float32)
+    dy = rng.standard_normal(shape[:2] + (1, 1)).astype(np.float32)
+    assert_close(fast.adaptive_avg_pool2d_forward(x, (1, 1)), ref.adaptive_avg_pool2d_forward(x, (1, 1)),
+                 **tol("pool"), what=f"global average pooling forward {shape}")
+    assert_close(fast.adaptive_avg_pool2d_backward(dy, shape), ref.adaptive_avg_pool2d_backward(dy, shape),
+                 **tol("pool"), what=f"global average pooling backward {shape}")
+
+
 @pytest.mark.parametrize("parallel", [False, True], ids=["serial-sized", "parallel"])
 def test_adaptive_avg_pool2d_matches_reference(parallel):
     for cfg in ADAPTIVE_CONFIGS[::4] if parallel else ADAPTIVE_CONFIGS:
