@@ -18,8 +18,8 @@ How the work is split (measured at the LeNet shapes, batch 256, on 2 cores):
   is still in cache when the GEMM reads it, and AlexNet-sized layers do not allocate
   hundreds of MiB of columns.
 * The batch is split into up to _MAX_PARTS parts of consecutive samples, walked chunk by
-  chunk, which the threads of engine.cpu.blas take in turn, with BLAS held to one thread; the Numba kernels on that
-  path release the GIL (nogil) and run serially inside their part. Only a single sample
+  chunk, which the threads of engine.cpu.blas take in turn, with BLAS held to one thread;
+  the Numba kernels on that path release the GIL (nogil) and run serially inside their part. Only a single sample
   (nothing to split) lets BLAS thread its GEMMs. Mixing both (parallel Numba loops between
   threaded GEMMs) was 1.3-2x slower, and collapsed on a busy machine, where spinning thread
   pools fight.
@@ -513,8 +513,10 @@ def conv2d_backward_weight(dy, x, w_shape, stride, padding, out=None):
         dws = winograd.conv2d_backward_weight(dy, xs, (k, xs.shape[1], 3, 3), (0, 0),
                                               np.empty((k, xs.shape[1], 3, 3), dtype=np.float32))
         dw = _empty(tuple(w_shape), out)
-        # the blocks' filter cells back in place, the zero padding dropped
-        dw[...] = dws.reshape(k, c, sh, sw, 3, 3).transpose(0, 1, 4, 2, 5, 3).reshape(k, c, 3 * sh, 3 * sw)[:, :, :r, :s]
+        # the blocks' filter cells back in place (the inverse of _filters_to_blocks), the zero
+        # padding dropped
+        padded = dws.reshape(k, c, sh, sw, 3, 3).transpose(0, 1, 4, 2, 5, 3).reshape(k, c, 3 * sh, 3 * sw)
+        dw[...] = padded[:, :, :r, :s]
         return dw
     dy3 = dy.reshape(n, k, pq)
     # Two ways to sum over the batch, by where one sample's product (CRS, K) lives. Small

@@ -88,7 +88,7 @@ def applies(c: int, k: int, kernel, stride, padding) -> bool:
 
 # ---------------------------------------------------------------- F(2x2, 3x3) kernels
 # Each works on one chunk, on the calling thread, without the GIL. The tile loops index a
-# zero-padded copy of the chunk, so they need no bounds checks and LLVM vectorizes them.
+# zero-padded copy of the chunk, so they need no bounds checks.
 
 
 @nb.njit(cache=True, inline="always")
