@@ -130,6 +130,23 @@ def test_conv2d_backward_weight_matches_reference():
                      **tol("conv"), what=f"conv2d_backward_weight {describe(cfg)}")
 
 
+def test_full_width_rows_match_reference(monkeypatch):
+    # the path LeNet's layers take (im2col over the padded width), forced on the stride-1
+    # version of every random config: all three ops, the weight gradient's dy both as a
+    # transposed view (CRS < 64) and written out transposed
+    monkeypatch.setattr(fast, "_ROWS_MAX_WASTE", 1 << 30)
+    for cfg in (dict(c, stride=(1, 1)) for c in CONFIGS):
+        x, w, b, dy = draw(cfg)
+        st, pd, what = cfg["stride"], cfg["padding"], describe(cfg)
+        assert_close(fast.conv2d_forward(x, w, b, st, pd), ref.conv2d_forward(x, w, b, st, pd),
+                     **tol("conv"), what=f"full-width conv2d_forward {what}")
+        assert_close(fast.conv2d_backward_data(dy, w, x.shape, st, pd), ref.conv2d_backward_data(dy, w, x.shape, st, pd),
+                     **tol("conv"), what=f"full-width conv2d_backward_data {what}")
+        assert_close(fast.conv2d_backward_weight(dy, x, w.shape, st, pd),
+                     ref.conv2d_backward_weight(dy, x, w.shape, st, pd), **tol("conv"),
+                     what=f"full-width conv2d_backward_weight {what}")
+
+
 def test_conv2d_backward_weight_side_by_side_matches_reference(monkeypatch):
     # the path AlexNet's big layers take (a chunk's samples side by side, one GEMM over them),
     # forced on every config, with chunks of several samples
