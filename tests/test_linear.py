@@ -154,10 +154,9 @@ def test_numba_is_deterministic():
 
 @pytest.mark.parametrize("n,i,o", [(256, 800, 200), (33, 1200, 1000), (2, 4096, 4100)])
 def test_products_split_over_threads_match_reference(n, i, o):
-    # big enough for engine.cpu.blas to split them (the random configs above stay whole):
-    # each thread takes a slice of the weight's rows (forward, dw) or columns (dx)
-    from engine.cpu import blas
-    assert n * i * o >= blas.SPLIT_MIN_MACS
+    # big enough to split (the random configs above stay whole): each thread takes a slice
+    # of the weight's rows (forward, dw) or columns (dx)
+    assert n * i * o >= fast._SPLIT_MIN_MACS
     rng = rng_for(n + i + o)
     x, w, b, dy = (rng.standard_normal(s).astype(np.float32) for s in ((n, i), (o, i), (o,), (n, o)))
     what = f"x ({n}, {i}) w ({o}, {i})"

@@ -4,11 +4,12 @@ the rest. Same ops and layouts as engine.reference.linear (the spec). float32 in
 x (N, I), w (O, I), b (O,), y (N, O) = x @ w.T + b. Transposed operands are handed to
 BLAS as they are (np.dot passes the transpose flag instead of copying).
 
-A product big enough to split (engine.cpu.blas) is split over the weight, one slice of its
-rows (forward, weight gradient) or columns (data gradient) per thread, so that each thread
-reads its share of the weight once -- at AlexNet's classifier the weight is by far the
-largest operand -- and every output element is still one BLAS dot product. The data
-gradient of a weight with many rows sums over blocks of _DATA_GRAD_ROWS of them instead.
+A product big enough to split (_n_parts) is cut into slices of the weight's rows (forward,
+weight gradient) or columns (data gradient), which engine.cpu.blas's threads take in turn,
+so that each thread reads its share of the weight once -- at AlexNet's classifier the
+weight is by far the largest operand. The data gradient of a weight with many rows sums
+over blocks of _DATA_GRAD_ROWS of them instead. The slices follow from the shapes, so the
+results do not depend on the thread count.
 """
 from __future__ import annotations
 
@@ -23,18 +24,11 @@ from engine.cpu.parallel import kernel_pair
 def _dot(a, b, shape, out, split_columns: bool = False):
     """a @ b into out (allocated when None); returns it. Split over threads (engine.cpu.blas)
     by rows of the result, or by its columns when split_columns (each part then writes a
-    temporary, copied into its columns).
-
-    Products split from blas.SPLIT_MIN_MACS (1 M multiply-adds), LeNet's too. On an idle
-    machine splitting those gains nothing (fc2 at batch 256: 0.055 ms whole, 0.125 ms split),
-    but one BLAS thread on the whole product sums in another order than two, and LeNet
-    trained with Adam then drifts from PyTorch's by 4e-4 in 20 steps (tests/test_executor.py
-    allows 1e-4): Adam moves a weight by about lr whatever its gradient, so float32 noise in a
-    near-zero gradient becomes a full step. Split, it follows PyTorch within 1e-7 (measured)."""
+    temporary, copied into its columns), from _SPLIT_MIN_MACS multiply-adds."""
     if out is None:
         out = np.empty(shape, dtype=np.float32)
     count = shape[1] if split_columns else shape[0]
-    n_parts = blas.parts(count, float(shape[0]) * shape[1] * a.shape[1])
+    n_parts = _n_parts(count, float(shape[0]) * shape[1] * a.shape[1])
     if n_parts == 1:
         blas.run_parts(lambda i0, i1: np.dot(a, b, out=out), [0, count])
     elif split_columns:
@@ -46,6 +40,15 @@ def _dot(a, b, shape, out, split_columns: bool = False):
     return out
 
 
+# a product smaller than this (in multiply-adds) runs whole, on the calling thread. Handing
+# half of it to a helper thread costs about 0.13 ms on this 2-core KVM guest (a thread pool's
+# submit and result: two wake-ups), and two threads ran a big product only 1.5x as fast as one,
+# so splitting gained from about 16 M on (N x I x O at 2.6 M, LeNet's fc2 at batch 256: 0.11
+# against 0.21-0.25 ms split; 12 M, its fc1: even; 25 M: 0.52-0.60 against 0.66-0.76 ms;
+# benchmarks/results/2026-12-08-cpu-2core.md)
+_SPLIT_MIN_MACS = 16 << 20
+# at most this many slices: enough for 8 threads
+_MAX_PARTS = 8
 # dx = dy @ w sums over w's rows. Where there are many (AlexNet's 4096 x 9216 fc6), a slice
 # of w's columns per thread reads rows of 18 KB with a stride, and took 2.2x the time of
 # blocks of whole rows, each a product of its own, added in order (the blocks follow from
@@ -55,6 +58,18 @@ _DATA_GRAD_ROWS = 1024
 # w's rows per thread: BLAS reads w in its own layout instead of transposed, and AlexNet's
 # fc6-8 at batch 16 took 0.5-0.65x the time (LeNet's small weights keep x @ w.T)
 _BIG_WEIGHT = 1 << 20
+
+
+def _n_parts(count: int, macs: float) -> int:
+    """Into how many slices to cut a product of `count` rows or columns: 1 below
+    _SPLIT_MIN_MACS, then 2, 4 or 8 (a slice per _SPLIT_MIN_MACS or more; a power of two, so
+    that 2, 4 or 8 threads share them evenly), never more than `count`. From the shape alone,
+    not the thread count: OpenBLAS's Haswell kernels give a slice's elements other bits than
+    the whole product's (measured at 33 x 1200 x 1000 and 256 x 800 x 200)."""
+    n_parts = 1 if macs < _SPLIT_MIN_MACS else 2
+    while n_parts < _MAX_PARTS and macs >= 2 * n_parts * _SPLIT_MIN_MACS:
+        n_parts *= 2
+    return min(n_parts, count)
 
 
 @kernel_pair()
@@ -96,7 +111,7 @@ def linear_forward(x, w, b, out=None):
         def rows(o0, o1):
             y[:, o0:o1] = np.dot(w[o0:o1], x.T).T               # (block, I) @ (I, N) -> (block, N)
 
-        blas.run_parts(rows, blas.bounds(o, blas.parts(o, float(n) * o * x.shape[1])))
+        blas.run_parts(rows, blas.bounds(o, _n_parts(o, float(n) * o * x.shape[1])))
     else:
         y = _dot(x, w.T, (n, o), out, split_columns=True)
     if b is not None:
