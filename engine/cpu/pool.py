@@ -53,30 +53,37 @@ def _max_pool_forward_kernel(x, r_, s_, sh, sw, ph, pw, y, argmax):
 @nb.njit(cache=True, parallel=True)
 def _max_pool_forward_2x2_kernel(x, y, argmax):
     # as _max_pool_forward_kernel for a 2x2 window, stride 2, no padding (LeNet's, and the
-    # commonest), 4.6x faster there: the four cells of a window are compared in the same
-    # order (so ties and NaNs resolve alike), branch-free, on row views with signed
-    # indices, and LLVM vectorises the loop over a row of outputs. One (n, c) plane per task.
+    # commonest), on planes of even width: the four cells of a window are compared in the
+    # same order (so ties and NaNs resolve alike), branch-free. A row's cells 2q and 2q+1 are
+    # read as one uint64 (W even: every row starts at an even cell), so the loads have unit
+    # stride and LLVM vectorises the loop over a row of outputs on AVX2 too. Reading the two
+    # cells as floats at stride 2 it did not there (AVX-512 did): 4.9 ms against 1.2 ms at
+    # LeNet's first pooling, batch 256, one thread. One (n, c) plane per task.
     n_, c_, h_, w_ = x.shape
     p_, q_ = y.shape[2], y.shape[3]
-    xf, yf, af = x.reshape(-1), y.reshape(-1), argmax.reshape(-1)
+    xu, yf, af = x.reshape(-1).view(np.uint64), y.reshape(-1), argmax.reshape(-1)
+    low, shift = np.uint64(0xFFFFFFFF), np.uint64(32)     # little-endian: cell 2q is the low half
+    below = np.int32(w_)
     for nc in nb.prange(n_ * c_):
         for p in range(p_):
-            top, out, cell = nc * h_ * w_ + 2 * p * w_, (nc * p_ + p) * q_, 2 * p * w_
-            upper, lower = xf[top:top + w_], xf[top + w_:top + 2 * w_]
-            y_row, a_row = yf[out:out + q_], af[out:out + q_]
-            for q in range(q_):
-                best, arg = upper[2 * q], 0
-                v = upper[2 * q + 1]
-                take = (v > best) | (v != v)
-                best, arg = (v, 1) if take else (best, arg)
-                v = lower[2 * q]
-                take = (v > best) | (v != v)
-                best, arg = (v, w_) if take else (best, arg)
-                v = lower[2 * q + 1]
-                take = (v > best) | (v != v)
-                best, arg = (v, w_ + 1) if take else (best, arg)
-                y_row[q] = best
-                a_row[q] = cell + 2 * q + arg
+            top = np.uint64((nc * h_ * w_ + 2 * p * w_) // 2)
+            bottom = top + np.uint64(w_ // 2)
+            out = np.uint64((nc * p_ + p) * q_)
+            cell = np.int32(2 * p * w_)
+            for q in range(np.uint64(q_)):
+                upper, lower = xu[top + q], xu[bottom + q]
+                a = np.uint32(upper & low).view(np.float32)
+                b = np.uint32(upper >> shift).view(np.float32)
+                c = np.uint32(lower & low).view(np.float32)
+                d = np.uint32(lower >> shift).view(np.float32)
+                take = (b > a) | (b != b)
+                best, arg = (b, np.int32(1)) if take else (a, np.int32(0))
+                take = (c > best) | (c != c)
+                best, arg = (c, below) if take else (best, arg)
+                take = (d > best) | (d != d)
+                best, arg = (d, below + np.int32(1)) if take else (best, arg)
+                yf[out + q] = best
+                af[out + q] = cell + np.int32(2 * q) + arg
 
 
 @nb.njit(cache=True, parallel=True)
@@ -242,7 +249,7 @@ def max_pool2d_forward(x, kernel, stride, padding, out=None):
     p, q = window_output_hw(h, w, kernel, stride, padding)
     if out is None:
         out = (np.empty((n, c, p, q), dtype=np.float32), np.empty((n, c, p, q), dtype=np.int32))
-    if tuple(kernel) == (2, 2) and tuple(stride) == (2, 2) and tuple(padding) == (0, 0):
+    if tuple(kernel) == (2, 2) and tuple(stride) == (2, 2) and tuple(padding) == (0, 0) and w % 2 == 0:
         _max_pool_forward_2x2_kernel(x, out[0], out[1])
     else:
         _max_pool_forward_kernel(x, kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1],
