@@ -43,9 +43,9 @@ def _dot(a, b, shape, out, split_columns: bool = False):
 # a product smaller than this (in multiply-adds) runs whole, on the calling thread. Handing
 # half of it to a helper thread costs about 0.13 ms on this 2-core KVM guest (a thread pool's
 # submit and result: two wake-ups), and two threads ran a big product only 1.5x as fast as one,
-# so splitting gained from about 16 M on (N x I x O at 2.6 M, LeNet's fc2 at batch 256: 0.11
-# against 0.21-0.25 ms split; 12 M, its fc1: even; 25 M: 0.52-0.60 against 0.66-0.76 ms;
-# benchmarks/results/2026-12-08-cpu-2core.md)
+# so splitting gained from about 16 M on. Measured N x I x O whole on one thread against split
+# in two (2026-12-08, AVX2): 2.6 M (LeNet's fc2 at batch 256) 0.11 against 0.21-0.25 ms;
+# 12 M (its fc1) even; 25 M 0.66-0.76 against 0.52-0.60 ms; 134 M 3.1-3.6 against 2.2-2.3 ms.
 _SPLIT_MIN_MACS = 16 << 20
 # at most this many slices: enough for 8 threads
 _MAX_PARTS = 8
