@@ -126,6 +126,19 @@ def test_max_pool2d_2x2_fast_path_matches_reference(shape, ties):
     np.testing.assert_array_equal(arg, arg_ref, err_msg=f"argmax 2x2/2 x {shape}")
 
 
+def test_max_pool2d_2x2_fast_path_reads_an_input_4_bytes_off_alignment():
+    # the even-width kernel reads cell pairs as uint64: an array starting at an odd float
+    # (a contiguous slice of a bigger buffer) must give the same results
+    rng = rng_for(5)
+    buffer = rng.standard_normal(1 + 2 * 3 * 8 * 6).astype(np.float32)
+    x = buffer[1:].reshape(2, 3, 8, 6)
+    assert x.ctypes.data % 8 == 4
+    y, arg = fast.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0))
+    y_ref, arg_ref = ref.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0))
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(arg, arg_ref)
+
+
 @pytest.mark.parametrize("module", [fast, ref], ids=["numba", "reference"])
 def test_max_pool2d_conventions(module):
     # ties: the first cell in row-major window order wins
