@@ -147,6 +147,27 @@ def test_full_width_rows_match_reference(monkeypatch):
                      what=f"full-width conv2d_backward_weight {what}")
 
 
+def test_direct_kernels_match_reference(monkeypatch):
+    # the direct kernels (LeNet conv1's path), forced on the stride-1 version of every random
+    # config: forward at any K, the data gradient at any padding it can take (R-1 - padding
+    # >= 0), the weight gradient at any tap count, odd K (dy's rows padded to even) included
+    monkeypatch.setattr(fast, "_ROWS_MAX_WASTE", 1 << 30)
+    monkeypatch.setattr(fast, "_DIRECT_MAX_K", 1 << 30)
+    monkeypatch.setattr(fast, "_DIRECT_WEIGHT_MAX_TAPS", 1 << 30)
+    monkeypatch.setattr(fast, "_direct_data", lambda c, kernel, padding: all(p < r for r, p in zip(kernel, padding)))
+    for cfg in (dict(c, stride=(1, 1)) for c in CONFIGS):
+        x, w, b, dy = draw(cfg)
+        st, pd, what = cfg["stride"], cfg["padding"], describe(cfg)
+        for bias in (b, None):
+            assert_close(fast.conv2d_forward(x, w, bias, st, pd), ref.conv2d_forward(x, w, bias, st, pd),
+                         **tol("conv"), what=f"direct conv2d_forward {what} bias={bias is not None}")
+        assert_close(fast.conv2d_backward_data(dy, w, x.shape, st, pd), ref.conv2d_backward_data(dy, w, x.shape, st, pd),
+                     **tol("conv"), what=f"direct conv2d_backward_data {what}")
+        assert_close(fast.conv2d_backward_weight(dy, x, w.shape, st, pd),
+                     ref.conv2d_backward_weight(dy, x, w.shape, st, pd), **tol("conv"),
+                     what=f"direct conv2d_backward_weight {what}")
+
+
 def test_conv2d_backward_weight_side_by_side_matches_reference(monkeypatch):
     # the path AlexNet's big layers take (a chunk's samples side by side, one GEMM over them),
     # forced on every config, with chunks of several samples
@@ -181,6 +202,10 @@ def test_the_models_layers_take_the_paths_measured_fastest_for_them():
     for c, k, kernel, stride, padding, w, q in lenet:
         assert not winograd.applies(c, k, kernel, stride, padding)          # too few channels
         assert fast._full_rows(k, q, w, stride, padding)
+    assert fast._direct_forward(6) and fast._direct_weight(1, (5, 5))           # LeNet conv1: direct
+    assert fast._direct_data(1, (5, 5), (2, 2))
+    assert not fast._direct_forward(16) and not fast._direct_weight(6, (5, 5))  # conv2: im2col + GEMM
+    assert not fast._direct_data(6, (5, 5), (0, 0))        # dy padded by 4: the zeros cost more
     assert fast._as_stride_1(3, 64, (11, 11), (4, 4))                        # AlexNet conv1
     for c, k, kernel in [(64, 192, (5, 5)), (192, 384, (3, 3)), (384, 256, (3, 3)), (256, 256, (3, 3))]:
         pad = (kernel[0] // 2,) * 2                                          # AlexNet conv2-5
@@ -252,6 +277,7 @@ def test_strided_layers_as_stride_1_match_reference():
 
 @pytest.mark.parametrize("n,c,h,k,pad", [
     (32, 6, 14, 16, 0),   # LeNet conv2: small per-sample GEMMs, the batch split over threads
+    (32, 1, 28, 6, 2),    # LeNet conv1: the direct kernels, the batch split over threads
     (3, 16, 12, 32, 2),   # a per-sample GEMM big enough for BLAS to thread: one part
 ])
 def test_conv2d_at_realistic_shapes_matches_reference(n, c, h, k, pad):
@@ -353,6 +379,8 @@ BIG_CFGS = [  # the batch split over threads (small per-sample GEMM), and BLAS t
     dict(n=4, c=16, h=14, w=14, k=32, kernel=(5, 5), stride=(1, 1), padding=(2, 2), seed=6),
     # a weight gradient past L2 per sample: the samples of a chunk side by side
     dict(n=24, c=64, h=7, w=7, k=128, kernel=(3, 3), stride=(3, 3), padding=(1, 1), seed=8),
+    # the direct kernels (LeNet conv1), the batch in several parts
+    dict(n=48, c=1, h=28, w=28, k=6, kernel=(5, 5), stride=(1, 1), padding=(2, 2), seed=10),
     # Winograd, the batch in several chunks
     dict(n=40, c=16, h=9, w=9, k=24, kernel=(3, 3), stride=(1, 1), padding=(1, 1), seed=9),
 ]
