@@ -50,6 +50,7 @@ def main(argv: list) -> int:
     for label, tree in trees.items():
         mine, theirs = ctx.Pipe()
         ctx.Process(target=_worker, args=(tree, model, batch, theirs), daemon=True).start()
+        theirs.close()  # the child's end lives in the child alone: if it dies, recv() raises EOFError
         conns[label] = mine
     for conn in conns.values():
         assert conn.recv() == "ready"
