@@ -130,21 +130,24 @@ def test_conv2d_backward_weight_matches_reference():
                      **tol("conv"), what=f"conv2d_backward_weight {describe(cfg)}")
 
 
-def test_full_width_rows_match_reference(monkeypatch):
-    # the path LeNet's layers take (im2col over the padded width), forced on the stride-1
-    # version of every random config: all three ops, the weight gradient's dy both as a
-    # transposed view (CRS < 64) and written out transposed
+def test_padded_planes_match_reference(monkeypatch):
+    # the paths LeNet's conv2 takes (the compact im2col moved 8 cells at a time, full-width
+    # rows for the data gradient), forced on the stride-1 version of every random config with
+    # the direct kernels off: all three ops, the weight gradient's dy both as a transposed view
+    # (CRS < 64) and written out transposed
+    monkeypatch.setattr(fast, "_DIRECT_MAX_K", 0)
+    monkeypatch.setattr(fast, "_DIRECT_WEIGHT_MAX_TAPS", 0)
     monkeypatch.setattr(fast, "_ROWS_MAX_WASTE", 1 << 30)
     for cfg in (dict(c, stride=(1, 1)) for c in CONFIGS):
         x, w, b, dy = draw(cfg)
         st, pd, what = cfg["stride"], cfg["padding"], describe(cfg)
         assert_close(fast.conv2d_forward(x, w, b, st, pd), ref.conv2d_forward(x, w, b, st, pd),
-                     **tol("conv"), what=f"full-width conv2d_forward {what}")
+                     **tol("conv"), what=f"padded-planes conv2d_forward {what}")
         assert_close(fast.conv2d_backward_data(dy, w, x.shape, st, pd), ref.conv2d_backward_data(dy, w, x.shape, st, pd),
-                     **tol("conv"), what=f"full-width conv2d_backward_data {what}")
+                     **tol("conv"), what=f"padded-planes conv2d_backward_data {what}")
         assert_close(fast.conv2d_backward_weight(dy, x, w.shape, st, pd),
                      ref.conv2d_backward_weight(dy, x, w.shape, st, pd), **tol("conv"),
-                     what=f"full-width conv2d_backward_weight {what}")
+                     what=f"padded-planes conv2d_backward_weight {what}")
 
 
 def test_direct_kernels_match_reference(monkeypatch):
@@ -201,7 +204,7 @@ def test_the_models_layers_take_the_paths_measured_fastest_for_them():
     lenet = [(1, 6, (5, 5), (1, 1), (2, 2), 28, 28), (6, 16, (5, 5), (1, 1), (0, 0), 14, 10)]
     for c, k, kernel, stride, padding, w, q in lenet:
         assert not winograd.applies(c, k, kernel, stride, padding)          # too few channels
-        assert fast._full_rows(k, q, w, stride, padding)
+        assert fast._padded_planes(k, q, w, stride, padding)
     assert fast._direct_forward(6) and fast._direct_weight(1, (5, 5))           # LeNet conv1: direct
     assert fast._direct_data(1, (5, 5), (2, 2))
     assert not fast._direct_forward(16) and not fast._direct_weight(6, (5, 5))  # conv2: im2col + GEMM
@@ -211,7 +214,7 @@ def test_the_models_layers_take_the_paths_measured_fastest_for_them():
         pad = (kernel[0] // 2,) * 2                                          # AlexNet conv2-5
         assert winograd.applies(c, k, kernel, (1, 1), pad)
         assert winograd.applies_to_weight_gradient(c, k, kernel, (1, 1), pad) == (kernel == (3, 3))
-    assert not fast._full_rows(192, 27, 27, (1, 1), (2, 2))                  # big K: compact im2col
+    assert not fast._padded_planes(192, 27, 27, (1, 1), (2, 2))                  # big K: compact im2col
 
 
 def test_winograd_takes_3x3_stride_1_convolutions_with_enough_channels():

@@ -3,8 +3,9 @@
 Numba compiles each CPU kernel the first time a run calls it with new argument types, and
 keeps the machine code in its cache (`cache=True`: __pycache__ beside the source, or
 NUMBA_CACHE_DIR), so later runs load it in milliseconds. Only the kernels a run calls are
-compiled. A first LeNet run on 2 cores spends about 16 s compiling its 16 kernels, inside its
-first step; `report_compilation` says so while it happens, through Numba's event API
+compiled. A first LeNet run on 2 cores spent 9.6 s compiling its 23 kernels, inside its first
+step (2026-12-08, `python -m engine train lenet --device cpu --epochs 1`, a fresh
+NUMBA_CACHE_DIR); `report_compilation` says so while it happens, through Numba's event API
 ("numba:compile" fires on a real compilation only, never on a cache hit).
 """
 from __future__ import annotations

@@ -31,8 +31,8 @@ order in float64 -- the order one thread would add them in.
 
 Other layouts, where they measured faster: 3x3 and 5x5 stride-1 layers with enough channels
 go to Winograd (engine.cpu.winograd), strided ones whose kernel covers 3x3 blocks of the
-stride as a 3x3 one on blocks of the input, stride-1 layers with few output channels over
-full-width rows (below).
+stride as a 3x3 one on blocks of the input, other stride-1 layers from zero-padded planes
+(below), with direct kernels where they have few output channels.
 """
 from __future__ import annotations
 
@@ -53,8 +53,9 @@ _MAX_PARTS = 8
 # is bigger than this, with chunks of at least this many output cells (m*P*Q) to sum over
 _WIDE_MIN_BYTES = 256 << 10
 _WIDE_DEPTH = 512
-# a stride-1 layer takes the full-width layout (below) when K * (Wp - Q) <= this * Q: the
-# extra GEMM columns cost K multiply-adds each, the im2col they save about 10-20
+# a stride-1 layer takes the padded-planes paths (below) when K * (Wp - Q) <= this * Q: the
+# data gradient's full-width GEMM costs K multiply-adds for each extra cell, the col2im it
+# saves about 10-20
 _ROWS_MAX_WASTE = 8
 
 
@@ -187,29 +188,32 @@ def _add_channel_bias(y, b):
             yf[start + i] += bias
 
 
-# ---------------------------------------------------------------- full-width rows (stride 1)
+# ---------------------------------------------------------------- padded planes (stride 1)
 # With stride 1, the cols row of tap (c, r, s) is x[c, r:r+P, s:s+Q]: P runs of Q values,
-# 10 at LeNet's conv2, so im2col spends its time starting short copies. Computed over the
-# whole padded width Wp instead, the output cell (p, q) sits at p*Wp + q of a row of
-# L = P*Wp cells, and the row becomes one run: the padded plane read from r*Wp + s. The
-# Wp - Q extra cells of each output row are thrown away (forward) or zero (the gradient
-# rows, so they add nothing). At LeNet's shapes that took the forward pass 0.6x (conv1)
-# and 0.85x (conv2) the time; it costs GEMM work, so big-K layers keep the compact layout.
+# 10 at LeNet's conv2, so the generic im2col spends its time starting short copies and
+# checking for padding. These paths copy a chunk's planes zero-padded first, then:
 #
-#     xp   (m, C, (Hp + 1) * Wp)   the zero-padded planes, one spare row: the last tap's run
+# * forward and weight gradient: _im2col_compact moves each run 8 cells at a time, as one
+#   vector, into cols (C*R*S, m*P*Q), the chunk's m samples side by side, and each op is one
+#   GEMM per chunk (the weight gradient sums over the chunk inside BLAS);
+# * data gradient: over the whole padded width Wp. Output cell (p, q) sits at p*Wp + q of a
+#   row of L = P*Wp cells, dy's rows are laid out so (zero in the Wp - Q extra cells), and
+#   each row of dcols = w2.T @ dy's rows is added back to its plane from r*Wp + s as one run.
+#   Compact, its GEMM took 0.85x the time, but col2im added runs of 10 at 5x the cost;
+# * few output channels: the direct kernels (below), no cols at all.
+#
+# LeNet conv2 against full-width rows for all three ops (in-process A/B, AVX2): forward
+# 0.79-0.85x, weight gradient 0.81x the time.
+#
+#     xp   (m, C, (Hp + 1) * Wp)   the zero-padded planes, one spare row: a full-width run
 #                                  reads up to S - 2 cells past the padded plane
-#     cols (C*R*S, m*L)            a chunk's m samples side by side, L = P*Wp:
-#                                  cols[(c, r, s), n*L : (n+1)*L] = xp[n, c, r*Wp + s : r*Wp + s + L]
-#
-# The side-by-side chunk makes each op one GEMM per chunk, (K, CRS) @ (CRS, m*L) and the
-# like, instead of one per sample: the weight gradient then sums over the chunk inside BLAS
-# and took 0.90x the time at LeNet's conv2 (batch 64 and 256, in-process A/B on AVX2); the
-# forward and data gradient took the same time either way.
+#     dcols (C*R*S, m*L)           dcols[(c, r, s), n*L : (n+1)*L] adds into
+#                                  xp[n, c, r*Wp + s : r*Wp + s + L]
 
 
-def _full_rows(k, q, w, stride, padding) -> bool:
-    """Whether a layer takes the full-width layout: stride 1, and few enough extra cells
-    for K output channels (K * (Wp - Q) <= _ROWS_MAX_WASTE * Q)."""
+def _padded_planes(k, q, w, stride, padding) -> bool:
+    """Whether a layer takes the padded-planes paths: stride 1, and few enough extra cells
+    in a full-width row for K output channels (K * (Wp - Q) <= _ROWS_MAX_WASTE * Q)."""
     return tuple(stride) == (1, 1) and k * (w + 2 * padding[1] - q) <= _ROWS_MAX_WASTE * q
 
 
@@ -276,8 +280,8 @@ def _im2col_compact(xf, plane_size, m_, c_, r_, s_, wp, p_, q_, cf):
 
 @nb.njit(cache=True, nogil=True)
 def _col2im_rows(dcf, r_, s_, wp, l_, n_step, row_step, xp):
-    # dcols (laid out as _im2col_rows's cols) -> xp (m, C, (Hp + 1) * Wp): each row added
-    # back where _im2col_rows read it
+    # dcols (row (n, (c*R + r)*S + s) at n*n_step + row*row_step, L cells) -> xp
+    # (m, C, (Hp + 1) * Wp): each row added to plane (n, c) from r*Wp + s
     m_, c_ = xp.shape[0], xp.shape[1]
     xf = xp.reshape(-1)
     plane_size = xp.shape[2]
@@ -338,7 +342,7 @@ def _planes_to_rows(dy, wp, l_, dyf, n_step, k_step):
                     dyf[start + i] = dy[n, k, p, i]
 
 
-# ---------------------------------------------------------------- direct (stride 1, full-width rows)
+# ---------------------------------------------------------------- direct (stride 1, padded planes)
 # With few output channels (LeNet's conv1: 6) the GEMM above multiplies each cols value by
 # K weights only, so it runs at the speed of writing and reading cols. These kernels read the
 # padded planes in place instead: output row (n, k) is the sum over taps t = (c, r, s) of
@@ -358,7 +362,7 @@ _DIRECT_WEIGHT_MAX_TAPS = 64
 
 
 def _direct_forward(k) -> bool:
-    """Whether a full-width layer's forward pass with k output channels runs direct."""
+    """Whether a padded-planes layer's forward pass with k output channels runs direct."""
     return k <= _DIRECT_MAX_K
 
 
@@ -371,7 +375,7 @@ def _direct_data(c, kernel, padding) -> bool:
 
 
 def _direct_weight(c, kernel) -> bool:
-    """Whether a full-width layer's weight gradient runs direct."""
+    """Whether a padded-planes layer's weight gradient runs direct."""
     return c * kernel[0] * kernel[1] < _DIRECT_WEIGHT_MAX_TAPS
 
 
@@ -557,8 +561,8 @@ def _split_batch(work, n, per_sample_macs, per_sample_bytes, min_chunk=1):
 
 
 def _rows_forward(x, w, b, padding, y, direct):
-    """y (N, K, P, Q) = the stride-1 convolution of x with w (+ b) over full-width rows: by
-    the direct kernel, or by im2col and one GEMM a chunk."""
+    """y (N, K, P, Q) = the stride-1 convolution of x with w (+ b) from padded planes: by
+    the direct kernel, or by the compact im2col and one GEMM a chunk."""
     n, c, h, wd = x.shape
     k, _, r, s = w.shape
     crs = c * r * s
@@ -615,7 +619,7 @@ def conv2d_forward(x, w, b, stride, padding, out=None):
         return winograd.conv2d_forward(xs, _filters_to_blocks(w, stride), b, (0, 0), y)
     w2 = w.reshape(k, crs)
     y3 = y.reshape(n, k, p * q)                              # a view: matmul writes straight into y
-    if _full_rows(k, q, wd, stride, padding):
+    if _padded_planes(k, q, wd, stride, padding):
         return _rows_forward(x, w, b, padding, y, direct=_direct_forward(k))
 
     def work(n0, n1, chunk):
@@ -648,7 +652,7 @@ def conv2d_backward_data(dy, w, x_shape, stride, padding, out=None):
         return _rows_forward(dy, flipped, None, (r - 1 - padding[0], s - 1 - padding[1]), dx, direct=True)
     w2t = w.reshape(k, crs).T                                # (CRS, K): BLAS reads it transposed
     dy3 = dy.reshape(n, k, p * q)
-    if _full_rows(k, q, wd, stride, padding):
+    if _padded_planes(k, q, wd, stride, padding):
         wp, lr = wd + 2 * padding[1], p * (wd + 2 * padding[1])
 
         def rows(n0, n1, chunk):
@@ -779,9 +783,9 @@ def conv2d_backward_weight(dy, x, w_shape, stride, padding, out=None):
 
     if wide:
         parts = _split_batch(side_by_side, n, k * crs * pq, crs * pq * 4, min_chunk=-(-_WIDE_DEPTH // pq))
-    elif _full_rows(k, q, wd, stride, padding) and _direct_weight(c, (r, s)):
+    elif _padded_planes(k, q, wd, stride, padding) and _direct_weight(c, (r, s)):
         parts = _split_batch(direct, n, k * crs * lr, (c * plane + k * lr) * 4)
-    elif _full_rows(k, q, wd, stride, padding):
+    elif _padded_planes(k, q, wd, stride, padding):
         parts = _split_batch(compact, n, k * crs * pq, crs * pq * 4)
     else:
         parts = _split_batch(per_sample, n, k * crs * pq, crs * pq * 4)
