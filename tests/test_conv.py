@@ -135,7 +135,7 @@ def test_padded_planes_match_reference(monkeypatch):
     # rows for the data gradient), forced on the stride-1 version of every random config with
     # the direct kernels off: all three ops, the weight gradient's dy both as a transposed view
     # (CRS < 64) and written out transposed
-    monkeypatch.setattr(fast, "_DIRECT_MAX_K", 0)
+    monkeypatch.setattr(fast, "_DIRECT_MAX_K_WIDTH", 0)
     monkeypatch.setattr(fast, "_DIRECT_WEIGHT_MAX_TAPS", 0)
     monkeypatch.setattr(fast, "_ROWS_MAX_WASTE", 1 << 30)
     for cfg in (dict(c, stride=(1, 1)) for c in CONFIGS):
@@ -155,9 +155,9 @@ def test_direct_kernels_match_reference(monkeypatch):
     # config: forward at any K, the data gradient at any padding it can take (R-1 - padding
     # >= 0), the weight gradient at any tap count, odd K (dy's rows padded to even) included
     monkeypatch.setattr(fast, "_ROWS_MAX_WASTE", 1 << 30)
-    monkeypatch.setattr(fast, "_DIRECT_MAX_K", 1 << 30)
+    monkeypatch.setattr(fast, "_DIRECT_MAX_K_WIDTH", 1 << 30)
     monkeypatch.setattr(fast, "_DIRECT_WEIGHT_MAX_TAPS", 1 << 30)
-    monkeypatch.setattr(fast, "_direct_data", lambda c, kernel, padding: all(p < r for r, p in zip(kernel, padding)))
+    monkeypatch.setattr(fast, "_direct_data", lambda c, w, q, kernel, padding: all(p < r for r, p in zip(kernel, padding)))
     for cfg in (dict(c, stride=(1, 1)) for c in CONFIGS):
         x, w, b, dy = draw(cfg)
         st, pd, what = cfg["stride"], cfg["padding"], describe(cfg)
@@ -205,10 +205,11 @@ def test_the_models_layers_take_the_paths_measured_fastest_for_them():
     for c, k, kernel, stride, padding, w, q in lenet:
         assert not winograd.applies(c, k, kernel, stride, padding)          # too few channels
         assert fast._padded_planes(k, q, w, stride, padding)
-    assert fast._direct_forward(6) and fast._direct_weight(1, (5, 5))           # LeNet conv1: direct
-    assert fast._direct_data(1, (5, 5), (2, 2))
-    assert not fast._direct_forward(16) and not fast._direct_weight(6, (5, 5))  # conv2: im2col + GEMM
-    assert not fast._direct_data(6, (5, 5), (0, 0))        # dy padded by 4: the zeros cost more
+    assert fast._direct_forward(6, 28, 32) and fast._direct_weight(1, (5, 5))   # LeNet conv1: direct
+    assert fast._direct_data(1, 28, 28, (5, 5), (2, 2))
+    assert not fast._direct_forward(16, 10, 14) and not fast._direct_weight(6, (5, 5))  # conv2: GEMM
+    assert not fast._direct_data(6, 14, 10, (5, 5), (0, 0))  # dy padded by 4: the zeros cost more
+    assert fast._direct_forward(16, 32, 34) and fast._direct_weight(3, (3, 3))  # a CIFAR stem
     assert fast._as_stride_1(3, 64, (11, 11), (4, 4))                        # AlexNet conv1
     for c, k, kernel in [(64, 192, (5, 5)), (192, 384, (3, 3)), (384, 256, (3, 3)), (256, 256, (3, 3))]:
         pad = (kernel[0] // 2,) * 2                                          # AlexNet conv2-5

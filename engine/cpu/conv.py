@@ -346,32 +346,37 @@ def _planes_to_rows(dy, wp, l_, dyf, n_step, k_step):
 # With few output channels (LeNet's conv1: 6) the GEMM above multiplies each cols value by
 # K weights only, so it runs at the speed of writing and reading cols. These kernels read the
 # padded planes in place instead: output row (n, k) is the sum over taps t = (c, r, s) of
-# w[k, t] * the run of L cells of plane (n, c) from r*Wp + s, four taps a pass (the taps
-# padded with zero-weight ones to a multiple of 4), the runs read from L1. The weight
+# w[k, t] * the run of L = P*Wp cells of plane (n, c) from r*Wp + s, four taps a pass (the
+# taps padded with zero-weight ones to a multiple of 4), the runs read from L1. The weight
 # gradient is the same sum turned around: dw[k, t] = sum over the cells of dy's row (n, k)
-# times that run. LeNet conv1, batch 128: forward 1.1-1.2 ms on one thread against 1.3-1.8 ms
-# for im2col + GEMM on two; weight gradient 1.3 ms against 1.8.
+# times that run. In-process A/B against the GEMM paths, batch 256, 2 threads: LeNet conv1
+# forward 0.55-0.67x, weight gradient 0.46-0.53x; a CIFAR stem (3 -> 16, 3x3, 32x32)
+# forward 0.82x, weight gradient 0.62x; LeNet conv2 forward 1.2x, weight gradient 1.0x
+# (so they stay on the GEMM).
 _TAPS_A_PASS = 4
 # the forward pass (and the data gradient, a forward pass with C output channels) goes direct
-# at up to this many output channels
-_DIRECT_MAX_K = 8
-
-
-# the weight gradient goes direct below this many taps C*R*S
+# where K * Wp <= this * Q: its cost over the GEMM's grows with K, and with the Wp - Q extra
+# cells of each full-width row that it computes and drops. LeNet conv1: 6 * 32 / 28 = 6.9,
+# the CIFAR stem 16 * 34 / 32 = 17 (both faster direct); LeNet conv2: 16 * 14 / 10 = 22.4
+_DIRECT_MAX_K_WIDTH = 18
+# the weight gradient goes direct below this many taps C*R*S (LeNet conv1 25, the stem 27;
+# LeNet conv2's 150 ran even)
 _DIRECT_WEIGHT_MAX_TAPS = 64
 
 
-def _direct_forward(k) -> bool:
-    """Whether a padded-planes layer's forward pass with k output channels runs direct."""
-    return k <= _DIRECT_MAX_K
+def _direct_forward(k, q, wp) -> bool:
+    """Whether a stride-1 forward pass to K channels of width Q, over padded width Wp, runs
+    direct (K * Wp <= _DIRECT_MAX_K_WIDTH * Q)."""
+    return k * wp <= _DIRECT_MAX_K_WIDTH * q
 
 
-def _direct_data(c, kernel, padding) -> bool:
-    """Whether a stride-1 layer's data gradient runs direct: as the forward pass of dy padded
-    by R-1 - padding with C output channels, where that padding is no wider than the layer's
-    (wider, its zeros cost more multiply-adds than the GEMM's: LeNet conv2's padding 0 made
-    it 1.7x slower)."""
-    return _direct_forward(c) and all(r - 1 - p in range(0, p + 1) for r, p in zip(kernel, padding))
+def _direct_data(c, w, q, kernel, padding) -> bool:
+    """Whether a stride-1 layer's data gradient runs direct: as the forward pass of dy
+    (width Q) padded by R-1 - padding, to C channels of width W, where that padding is no
+    wider than the layer's (wider, its zeros cost more multiply-adds than the GEMM's: LeNet
+    conv2's padding 0 made it 1.7x slower)."""
+    return (all(r - 1 - p in range(0, p + 1) for r, p in zip(kernel, padding))
+            and _direct_forward(c, w, q + 2 * (kernel[1] - 1 - padding[1])))
 
 
 def _direct_weight(c, kernel) -> bool:
@@ -391,8 +396,10 @@ def _taps(c, r, s, plane, wp):
 
 @nb.njit(cache=True, nogil=True, fastmath={"contract"})
 def _direct_rows_forward(xp, wt, offsets, l_, yr):
-    # xp (m, C, plane), wt (K, T) the tap weights (zero past C*R*S) -> yr (m, K, L):
-    # yr[n, k, i] = sum_t wt[k, t] * xp[n].flat[offsets[t] + i]; four taps a pass over the row
+    # xp (m, C, plane), wt (K, T) the tap weights (zero past C*R*S), K even -> yr (m, K, L):
+    # yr[n, k, i] = sum_t wt[k, t] * xp[n].flat[offsets[t] + i]. Two output channels and four
+    # taps a pass over the rows, so each run read serves both: 0.73x the time of one channel
+    # a pass at LeNet conv1
     m_ = xp.shape[0]
     size = xp.shape[1] * xp.shape[2]
     k_, t_ = wt.shape
@@ -400,16 +407,20 @@ def _direct_rows_forward(xp, wt, offsets, l_, yr):
     n_cells = np.uint64(l_)
     for n in range(m_):
         base = np.uint64(n * size)
-        for k in range(k_):
+        for k in range(0, k_, 2):
             y = np.uint64((n * k_ + k) * l_)
-            for i in range(n_cells):
+            z = y + n_cells
+            for i in range(n_cells + n_cells):
                 yf[y + i] = 0.0
             for t in range(0, t_, 4):
-                w0, w1, w2, w3 = wt[k, t], wt[k, t + 1], wt[k, t + 2], wt[k, t + 3]
+                a0, a1, a2, a3 = wt[k, t], wt[k, t + 1], wt[k, t + 2], wt[k, t + 3]
+                b0, b1, b2, b3 = wt[k + 1, t], wt[k + 1, t + 1], wt[k + 1, t + 2], wt[k + 1, t + 3]
                 o0, o1 = base + np.uint64(offsets[t]), base + np.uint64(offsets[t + 1])
                 o2, o3 = base + np.uint64(offsets[t + 2]), base + np.uint64(offsets[t + 3])
                 for i in range(n_cells):
-                    yf[y + i] += w0 * xf[o0 + i] + w1 * xf[o1 + i] + w2 * xf[o2 + i] + w3 * xf[o3 + i]
+                    x0, x1, x2, x3 = xf[o0 + i], xf[o1 + i], xf[o2 + i], xf[o3 + i]
+                    yf[y + i] += a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3
+                    yf[z + i] += b0 * x0 + b1 * x1 + b2 * x2 + b3 * x3
 
 
 @nb.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"})
@@ -571,19 +582,20 @@ def _rows_forward(x, w, b, padding, y, direct):
     bias = np.zeros(1, dtype=np.float32) if b is None else b
     if direct:
         offsets = _taps(c, r, s, plane, wp)
-        wt = np.zeros((k, offsets.size), dtype=np.float32)
-        wt[:, :crs] = w.reshape(k, crs)
+        k2 = k + k % 2                                           # an even K: a zero filter added
+        wt = np.zeros((k2, offsets.size), dtype=np.float32)
+        wt[:k, :crs] = w.reshape(k, crs)
 
         def rows(n0, n1, chunk):
             xp = np.empty((chunk, c, plane), dtype=np.float32)
-            yr = np.empty(chunk * k * lr, dtype=np.float32)
+            yr = np.empty(chunk * k2 * lr, dtype=np.float32)
             for a in range(n0, n1, chunk):
                 m = min(n1, a + chunk) - a
                 _pad_planes(x[a:a + m], padding[0], padding[1], xp[:m])
-                _direct_rows_forward(xp[:m], wt, offsets, lr, yr[:m * k * lr])    # (m, K, L)
-                _rows_to_planes(yr, k * lr, lr, bias, b is not None, wp, y[a:a + m])
+                _direct_rows_forward(xp[:m], wt, offsets, lr, yr[:m * k2 * lr])   # (m, K2, L)
+                _rows_to_planes(yr, k2 * lr, lr, bias, b is not None, wp, y[a:a + m])
 
-        _split_batch(rows, n, k * crs * lr, (c * plane + k * lr) * 4)
+        _split_batch(rows, n, k * crs * lr, (c * plane + k2 * lr) * 4)
         return y
     w2 = w.reshape(k, crs)
     p, q = y.shape[2], y.shape[3]
@@ -620,7 +632,7 @@ def conv2d_forward(x, w, b, stride, padding, out=None):
     w2 = w.reshape(k, crs)
     y3 = y.reshape(n, k, p * q)                              # a view: matmul writes straight into y
     if _padded_planes(k, q, wd, stride, padding):
-        return _rows_forward(x, w, b, padding, y, direct=_direct_forward(k))
+        return _rows_forward(x, w, b, padding, y, direct=_direct_forward(k, q, wd + 2 * padding[1]))
 
     def work(n0, n1, chunk):
         cols = np.empty((chunk, crs, p * q), dtype=np.float32)
@@ -645,7 +657,7 @@ def conv2d_backward_data(dy, w, x_shape, stride, padding, out=None):
     if winograd.applies(c, k, (r, s), stride, padding):
         return winograd.conv2d_backward_data(dy, w, x_shape, padding, dx)
     h, wd = x_shape[2], x_shape[3]
-    if tuple(stride) == (1, 1) and _direct_data(c, (r, s), padding):
+    if tuple(stride) == (1, 1) and _direct_data(c, wd, q, (r, s), padding):
         # dx is the forward convolution of dy, padded by R-1 - padding, with the filters
         # flipped and their channels swapped
         flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
