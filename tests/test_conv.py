@@ -130,6 +130,21 @@ def test_conv2d_backward_weight_matches_reference():
                      **tol("conv"), what=f"conv2d_backward_weight {describe(cfg)}")
 
 
+def assert_ops_match_reference(cfg: dict, path: str):
+    """conv2d_forward (with and without bias), backward data and backward weight on a config
+    against the reference; `path` names the path under test in the failure message."""
+    x, w, b, dy = draw(cfg)
+    st, pd, what = cfg["stride"], cfg["padding"], describe(cfg)
+    for bias in (b, None):
+        assert_close(fast.conv2d_forward(x, w, bias, st, pd), ref.conv2d_forward(x, w, bias, st, pd),
+                     **tol("conv"), what=f"{path} conv2d_forward {what} bias={bias is not None}")
+    assert_close(fast.conv2d_backward_data(dy, w, x.shape, st, pd), ref.conv2d_backward_data(dy, w, x.shape, st, pd),
+                 **tol("conv"), what=f"{path} conv2d_backward_data {what}")
+    assert_close(fast.conv2d_backward_weight(dy, x, w.shape, st, pd),
+                 ref.conv2d_backward_weight(dy, x, w.shape, st, pd), **tol("conv"),
+                 what=f"{path} conv2d_backward_weight {what}")
+
+
 def test_padded_planes_match_reference(monkeypatch):
     # the paths LeNet's conv2 takes (the compact im2col moved 8 cells at a time, full-width
     # rows for the data gradient), forced on the stride-1 version of every random config with
@@ -139,15 +154,7 @@ def test_padded_planes_match_reference(monkeypatch):
     monkeypatch.setattr(fast, "_DIRECT_WEIGHT_MAX_TAPS", 0)
     monkeypatch.setattr(fast, "_ROWS_MAX_WASTE", 1 << 30)
     for cfg in (dict(c, stride=(1, 1)) for c in CONFIGS):
-        x, w, b, dy = draw(cfg)
-        st, pd, what = cfg["stride"], cfg["padding"], describe(cfg)
-        assert_close(fast.conv2d_forward(x, w, b, st, pd), ref.conv2d_forward(x, w, b, st, pd),
-                     **tol("conv"), what=f"padded-planes conv2d_forward {what}")
-        assert_close(fast.conv2d_backward_data(dy, w, x.shape, st, pd), ref.conv2d_backward_data(dy, w, x.shape, st, pd),
-                     **tol("conv"), what=f"padded-planes conv2d_backward_data {what}")
-        assert_close(fast.conv2d_backward_weight(dy, x, w.shape, st, pd),
-                     ref.conv2d_backward_weight(dy, x, w.shape, st, pd), **tol("conv"),
-                     what=f"padded-planes conv2d_backward_weight {what}")
+        assert_ops_match_reference(cfg, "padded-planes")
 
 
 def test_direct_kernels_match_reference(monkeypatch):
@@ -159,16 +166,7 @@ def test_direct_kernels_match_reference(monkeypatch):
     monkeypatch.setattr(fast, "_DIRECT_WEIGHT_MAX_TAPS", 1 << 30)
     monkeypatch.setattr(fast, "_direct_data", lambda c, w, q, kernel, padding: all(p < r for r, p in zip(kernel, padding)))
     for cfg in (dict(c, stride=(1, 1)) for c in CONFIGS):
-        x, w, b, dy = draw(cfg)
-        st, pd, what = cfg["stride"], cfg["padding"], describe(cfg)
-        for bias in (b, None):
-            assert_close(fast.conv2d_forward(x, w, bias, st, pd), ref.conv2d_forward(x, w, bias, st, pd),
-                         **tol("conv"), what=f"direct conv2d_forward {what} bias={bias is not None}")
-        assert_close(fast.conv2d_backward_data(dy, w, x.shape, st, pd), ref.conv2d_backward_data(dy, w, x.shape, st, pd),
-                     **tol("conv"), what=f"direct conv2d_backward_data {what}")
-        assert_close(fast.conv2d_backward_weight(dy, x, w.shape, st, pd),
-                     ref.conv2d_backward_weight(dy, x, w.shape, st, pd), **tol("conv"),
-                     what=f"direct conv2d_backward_weight {what}")
+        assert_ops_match_reference(cfg, "direct")
 
 
 def test_conv2d_backward_weight_side_by_side_matches_reference(monkeypatch):
@@ -237,16 +235,7 @@ def test_winograd_matches_reference(monkeypatch, chunks):
         monkeypatch.setattr(winograd, "_CHUNK_BYTES", 1 if chunks == "per-sample" else 1 << 40)
         monkeypatch.setattr(winograd, "_MAX_PARTS", 1 if chunks == "whole-batch" else 1 << 30)
     for cfg in WINOGRAD_CONFIGS:
-        x, w, b, dy = draw(cfg)
-        st, pd, what = cfg["stride"], cfg["padding"], describe(cfg)
-        for bias in (b, None):
-            assert_close(fast.conv2d_forward(x, w, bias, st, pd), ref.conv2d_forward(x, w, bias, st, pd),
-                         **tol("conv"), what=f"Winograd conv2d_forward {what} bias={bias is not None}")
-        assert_close(fast.conv2d_backward_data(dy, w, x.shape, st, pd), ref.conv2d_backward_data(dy, w, x.shape, st, pd),
-                     **tol("conv"), what=f"Winograd conv2d_backward_data {what}")
-        assert_close(fast.conv2d_backward_weight(dy, x, w.shape, st, pd),
-                     ref.conv2d_backward_weight(dy, x, w.shape, st, pd), **tol("conv"),
-                     what=f"Winograd conv2d_backward_weight {what}")
+        assert_ops_match_reference(cfg, "Winograd")
 
 
 def strided_config(seed: int) -> dict:
