@@ -269,8 +269,8 @@ def test_strided_layers_as_stride_1_match_reference():
 
 
 @pytest.mark.parametrize("n,c,h,k,pad", [
-    (32, 6, 14, 16, 0),   # LeNet conv2: small per-sample GEMMs, the batch split over threads
-    (32, 1, 28, 6, 2),    # LeNet conv1: the direct kernels, the batch split over threads
+    (40, 6, 14, 16, 0),   # LeNet conv2: small per-sample GEMMs, the batch split over threads
+    (80, 1, 28, 6, 2),    # LeNet conv1: the direct kernels, the batch split over threads
     (3, 16, 12, 32, 2),   # a per-sample GEMM big enough for BLAS to thread: one part
 ])
 def test_conv2d_at_realistic_shapes_matches_reference(n, c, h, k, pad):
@@ -368,12 +368,12 @@ def test_reference_matches_torch(n, c, h, w, k, kernel, stride, padding):
 
 OUT_CFG = dict(n=2, c=3, h=9, w=7, k=4, kernel=(3, 2), stride=(2, 1), padding=(1, 1), seed=3)
 BIG_CFGS = [  # the batch split over threads (small per-sample GEMM), and BLAS threading (bigger one)
-    dict(n=16, c=6, h=14, w=14, k=16, kernel=(5, 5), stride=(1, 1), padding=(0, 0), seed=5),
+    dict(n=40, c=6, h=14, w=14, k=16, kernel=(5, 5), stride=(1, 1), padding=(0, 0), seed=5),
     dict(n=4, c=16, h=14, w=14, k=32, kernel=(5, 5), stride=(1, 1), padding=(2, 2), seed=6),
     # a weight gradient past L2 per sample: the samples of a chunk side by side
     dict(n=24, c=64, h=7, w=7, k=128, kernel=(3, 3), stride=(3, 3), padding=(1, 1), seed=8),
     # the direct kernels (LeNet conv1), the batch in several parts
-    dict(n=48, c=1, h=28, w=28, k=6, kernel=(5, 5), stride=(1, 1), padding=(2, 2), seed=10),
+    dict(n=80, c=1, h=28, w=28, k=6, kernel=(5, 5), stride=(1, 1), padding=(2, 2), seed=10),
     # Winograd, the batch in several chunks
     dict(n=40, c=16, h=9, w=9, k=24, kernel=(3, 3), stride=(1, 1), padding=(1, 1), seed=9),
 ]
@@ -414,6 +414,15 @@ def test_numba_is_deterministic():
             first = call(None)
             for _ in range(3):
                 np.testing.assert_array_equal(call(None), first, err_msg=f"{name}: differs between runs")
+
+
+def test_big_configs_are_split_over_threads():
+    # guards BIG_CFGS: the im2col, padded-planes and direct ones must stay above the size
+    # from which engine.cpu.conv hands parts to the helper thread
+    for cfg in (BIG_CFGS[0], BIG_CFGS[2], BIG_CFGS[3]):
+        p, q = window_output_hw(cfg["h"], cfg["w"], cfg["kernel"], cfg["stride"], cfg["padding"])
+        macs = cfg["n"] * cfg["k"] * cfg["c"] * cfg["kernel"][0] * cfg["kernel"][1] * p * q
+        assert macs >= fast._SPLIT_MIN_MACS, f"{describe(cfg)}: {macs} multiply-adds, run on one thread"
 
 
 def test_numba_conv_does_not_depend_on_the_thread_count():

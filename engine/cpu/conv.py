@@ -49,6 +49,12 @@ _BLAS_SERIAL_MACS = 65536 * 4
 # delays holds the others up by one part at most. The parts follow from the batch and the
 # layer alone, so the results do not depend on the thread count.
 _MAX_PARTS = 8
+# an op of fewer multiply-adds than this runs its parts on the calling thread: handing parts
+# to the helper thread costs 80-150 us on this 2-core guest (a pool's submit and result, two
+# wake-ups), and the second thread gains only 1.3-1.5x on small ops. LeNet conv1 at batch 32
+# (the CLI's default; 4.3 M) took 0.26 ms on one thread against 0.35-0.45 split (two runs,
+# 2 and 8 parts); at batch 64 (8.6 M) 0.43 against 0.38-0.39
+_SPLIT_MIN_MACS = 8 << 20
 # the weight gradient sets a chunk's samples side by side when one sample's product (CRS, K)
 # is bigger than this, with chunks of at least this many output cells (m*P*Q) to sum over
 _WIDE_MIN_BYTES = 256 << 10
@@ -565,7 +571,7 @@ def _split_batch(work, n, per_sample_macs, per_sample_bytes, min_chunk=1):
     part = -(-n // _MAX_PARTS)
     chunk = max(1, min(part, max(min_chunk, _CHUNK_BYTES // max(1, per_sample_bytes))))
     bounds = list(range(0, n, part)) + [n]
-    if n * per_sample_macs < blas.SPLIT_MIN_MACS:  # too little to wake a thread for
+    if n * per_sample_macs < _SPLIT_MIN_MACS:  # too little to wake a thread for
         return [work(a, b, chunk) for a, b in zip(bounds, bounds[1:])]
     return blas.run_parts(lambda n0, n1: work(n0, n1, chunk), bounds,
                           blas_threads=n == 1 and per_sample_macs > _BLAS_SERIAL_MACS)
