@@ -284,6 +284,24 @@ def _im2col_compact(xf, plane_size, m_, c_, r_, s_, wp, p_, q_, cf):
                             _copy8(xf, src + np.uint64(p * wp + j), cf, dst + np.uint64(p * q_ + j))
 
 
+def _compact_buffers(chunk, c, plane, crs, pq):
+    """A part's buffers for _compact_cols, chunk samples' worth: the padded planes and the
+    cols, each with the 8 spare cells that _im2col_compact's runs overrun into."""
+    return (np.empty(chunk * c * plane + 8, dtype=np.float32),
+            np.empty(crs * chunk * pq + 8, dtype=np.float32))
+
+
+def _compact_cols(x, padding, kernel, wp, plane, p, q, buffers):
+    """x (m, C, H, W) -> cols (C*R*S, m*P*Q), the m samples side by side: x padded into the
+    planes of `buffers` (from _compact_buffers), then _im2col_compact."""
+    m, c = x.shape[:2]
+    xf, cf = buffers
+    _pad_planes(x, padding[0], padding[1], xf[:m * c * plane].reshape(m, c, plane))
+    _im2col_compact(xf, plane, m, c, kernel[0], kernel[1], wp, p, q, cf)
+    crs = c * kernel[0] * kernel[1]
+    return cf[:crs * m * p * q].reshape(crs, m * p * q)
+
+
 @nb.njit(cache=True, nogil=True)
 def _col2im_rows(dcf, r_, s_, wp, l_, n_step, row_step, xp):
     # dcols (row (n, (c*R + r)*S + s) at n*n_step + row*row_step, L cells) -> xp
@@ -577,7 +595,7 @@ def _split_batch(work, n, per_sample_macs, per_sample_bytes, min_chunk=1):
                           blas_threads=n == 1 and per_sample_macs > _BLAS_SERIAL_MACS)
 
 
-def _rows_forward(x, w, b, padding, y, direct):
+def _padded_planes_forward(x, w, b, padding, y, direct):
     """y (N, K, P, Q) = the stride-1 convolution of x with w (+ b) from padded planes: by
     the direct kernel, or by the compact im2col and one GEMM a chunk."""
     n, c, h, wd = x.shape
@@ -608,15 +626,12 @@ def _rows_forward(x, w, b, padding, y, direct):
     pq = p * q
 
     def compact(n0, n1, chunk):
-        xf = np.empty(chunk * c * plane + 8, dtype=np.float32)     # 8 spare cells: _im2col_compact
-        cols = np.empty(crs * chunk * pq + 8, dtype=np.float32)
+        buffers = _compact_buffers(chunk, c, plane, crs, pq)
         yr = np.empty(k * chunk * pq, dtype=np.float32)
         for a in range(n0, n1, chunk):
             m = min(n1, a + chunk) - a
-            _pad_planes(x[a:a + m], padding[0], padding[1], xf[:m * c * plane].reshape(m, c, plane))
-            _im2col_compact(xf, plane, m, c, r, s, wp, p, q, cols)  # (CRS, m*PQ)
-            np.matmul(w2, cols[:crs * m * pq].reshape(crs, m * pq),
-                      out=yr[:k * m * pq].reshape(k, m * pq))       # (K, CRS) @ (CRS, m*PQ)
+            cols = _compact_cols(x[a:a + m], padding, (r, s), wp, plane, p, q, buffers)  # (CRS, m*PQ)
+            np.matmul(w2, cols, out=yr[:k * m * pq].reshape(k, m * pq))  # (K, CRS) @ (CRS, m*PQ)
             _rows_to_planes(yr, pq, m * pq, bias, b is not None, q, y[a:a + m])
 
     _split_batch(compact, n, k * crs * pq, crs * pq * 4)
@@ -635,10 +650,10 @@ def conv2d_forward(x, w, b, stride, padding, out=None):
     if _as_stride_1(c, k, (r, s), stride):
         xs = _to_blocks(x, stride, padding, p, q)
         return winograd.conv2d_forward(xs, _filters_to_blocks(w, stride), b, (0, 0), y)
+    if _padded_planes(k, q, wd, stride, padding):
+        return _padded_planes_forward(x, w, b, padding, y, direct=_direct_forward(k, q, wd + 2 * padding[1]))
     w2 = w.reshape(k, crs)
     y3 = y.reshape(n, k, p * q)                              # a view: matmul writes straight into y
-    if _padded_planes(k, q, wd, stride, padding):
-        return _rows_forward(x, w, b, padding, y, direct=_direct_forward(k, q, wd + 2 * padding[1]))
 
     def work(n0, n1, chunk):
         cols = np.empty((chunk, crs, p * q), dtype=np.float32)
@@ -667,7 +682,7 @@ def conv2d_backward_data(dy, w, x_shape, stride, padding, out=None):
         # dx is the forward convolution of dy, padded by R-1 - padding, with the filters
         # flipped and their channels swapped
         flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-        return _rows_forward(dy, flipped, None, (r - 1 - padding[0], s - 1 - padding[1]), dx, direct=True)
+        return _padded_planes_forward(dy, flipped, None, (r - 1 - padding[0], s - 1 - padding[1]), dx, direct=True)
     w2t = w.reshape(k, crs).T                                # (CRS, K): BLAS reads it transposed
     dy3 = dy.reshape(n, k, p * q)
     if _padded_planes(k, q, wd, stride, padding):
@@ -745,14 +760,11 @@ def conv2d_backward_weight(dy, x, w_shape, stride, padding, out=None):
         total = np.zeros((crs, k), dtype=np.float32)           # this part's sum, in place
         stride_1 = tuple(stride) == (1, 1)
         if stride_1:  # the planes padded, then the compact im2col: 0.4x the time at AlexNet conv2
-            xf = np.empty(chunk * c * plane + 8, dtype=np.float32)
-            cols_buffer = np.empty(crs * chunk * pq + 8, dtype=np.float32)
+            buffers = _compact_buffers(chunk, c, plane, crs, pq)
         for a in range(n0, n1, chunk):
             e = min(n1, a + chunk)
             if stride_1:
-                _pad_planes(x[a:e], padding[0], padding[1], xf[:(e - a) * c * plane].reshape(e - a, c, plane))
-                _im2col_compact(xf, plane, e - a, c, r, s, wp, p, q, cols_buffer)
-                cols = cols_buffer[:crs * (e - a) * pq].reshape(crs, (e - a) * pq)
+                cols = _compact_cols(x[a:e], padding, (r, s), wp, plane, p, q, buffers)
             else:
                 cols = np.empty((crs, (e - a) * pq), dtype=np.float32)
                 _im2col_serial(x[a:e], r, s, stride[0], stride[1], padding[0], padding[1], p, q, cols,
@@ -772,14 +784,12 @@ def conv2d_backward_weight(dy, x, w_shape, stride, padding, out=None):
     kp = -(-k // 4) * 4
 
     def compact(n0, n1, chunk):
-        xf = np.empty(chunk * c * plane + 8, dtype=np.float32)     # 8 spare cells: _im2col_compact
-        cols = np.empty(crs * chunk * pq + 8, dtype=np.float32)
+        buffers = _compact_buffers(chunk, c, plane, crs, pq)
         dyr = np.empty(chunk * pq * kp, dtype=np.float32)
         total = np.zeros((crs, k), dtype=np.float64)            # dw transposed
         for a in range(n0, n1, chunk):
             m = min(n1, a + chunk) - a
-            _pad_planes(x[a:a + m], padding[0], padding[1], xf[:m * c * plane].reshape(m, c, plane))
-            _im2col_compact(xf, plane, m, c, r, s, wp, p, q, cols)  # (CRS, m*PQ)
+            cols = _compact_cols(x[a:a + m], padding, (r, s), wp, plane, p, q, buffers)  # (CRS, m*PQ)
             if copy_transposed:
                 dyt = dyr[:m * pq * kp].reshape(m, pq, kp)
                 _planes_to_rows_transposed(dy[a:a + m], q, dyt)     # columns K.. zeroed too
@@ -790,10 +800,8 @@ def conv2d_backward_weight(dy, x, w_shape, stride, padding, out=None):
                 dyt = dyr[:kp * m * pq].reshape(kp, m * pq).T
             # (CRS, m*PQ) @ (m*PQ, Kp) -> (CRS, Kp): one GEMM sums over the chunk's samples,
             # the chunks added in order in float64
-            total += np.dot(cols[:crs * m * pq].reshape(crs, m * pq), dyt)[:, :k]
+            total += np.dot(cols, dyt)[:, :k]
         return total
-
-    offsets = _taps(c, r, s, plane, wp)
 
     def direct(n0, n1, chunk):
         k2 = k + k % 2                                           # dy's rows padded to an even K
@@ -810,6 +818,7 @@ def conv2d_backward_weight(dy, x, w_shape, stride, padding, out=None):
     if wide:
         parts = _split_batch(side_by_side, n, k * crs * pq, crs * pq * 4, min_chunk=-(-_WIDE_DEPTH // pq))
     elif _padded_planes(k, q, wd, stride, padding) and _direct_weight(c, (r, s)):
+        offsets = _taps(c, r, s, plane, wp)                     # read by direct()
         parts = _split_batch(direct, n, k * crs * lr, (c * plane + k * lr) * 4)
     elif _padded_planes(k, q, wd, stride, padding):
         parts = _split_batch(compact, n, k * crs * pq, crs * pq * 4)
